@@ -1,0 +1,105 @@
+"""The typed records that flow through a session, one per step.
+
+A document id is chosen once (specs/corpus.py) and carried unchanged through all three:
+
+* :class:`LLMRequest` - what is sent; its :meth:`~LLMRequest.key` is the archive key.
+* :class:`LLMAnswer` - what came back (or how the call failed), written to the archive first.
+* :class:`ExtractedRecord` - the answer parsed and validated against the output contract.
+
+Downstream steps read records, never raw answers; only extraction and replay read the archive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no whitespace: the form every hash in mva-dagster is taken over."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class LLMRequest(BaseModel):
+    """One call: a document analysed by one model alias, for one replicate."""
+
+    model_config = ConfigDict(frozen=True)
+
+    session_id: str
+    document_id: str
+    model: str = Field(description="The proxy alias asked for, e.g. 'gemini-2.5-flash'.")
+    replicate: int = Field(ge=1, description="1-based run index; replicates are distinct calls.")
+    purpose: Literal["analysis", "extraction", "synthesis"] = "analysis"
+    messages: list[dict[str, str]]
+    params: dict[str, Any] = Field(default_factory=dict, description="temperature, max_tokens, seed...")
+    response_format: dict[str, Any] | None = None
+
+    def key(self) -> str:
+        """Hash of everything that determines the answer, and the replicate index.
+
+        Session and document ids are left out on purpose: an identical call made again (a resume,
+        a linked session, a replay) is the same call and is answered from the archive at $0.
+        """
+        material = {
+            "model": self.model,
+            "purpose": self.purpose,
+            "messages": self.messages,
+            "params": self.params,
+            "response_format": self.response_format,
+            "replicate": self.replicate,
+        }
+        return sha256_text(canonical_json(material))
+
+
+class CallError(BaseModel):
+    """How a call failed, classified (see mva_dagster.errors)."""
+
+    error_class: str
+    message: str
+    status: int | None = None
+
+
+class LLMAnswer(BaseModel):
+    """The provider's answer to one request, exactly as received, plus what the proxy told us."""
+
+    request_key: str
+    raw_text: str | None = None
+    ok: bool = True
+    error: CallError | None = None
+    model_alias: str
+    provider_model: str | None = Field(
+        default=None, description="The model id the provider reported (not the proxy's alias)."
+    )
+    system_fingerprint: str | None = None
+    finish_reason: str | None = None
+    call_id: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost_usd: float | None = None
+    latency_s: float | None = None
+    attempts: int = 1
+    started_at: str
+    finished_at: str
+    response_headers: dict[str, str] = Field(default_factory=dict)
+
+
+class ExtractedRecord(BaseModel):
+    """An answer turned into a flat, validated record (or kept, invalid, with its reasons)."""
+
+    session_id: str
+    document_id: str
+    model: str
+    replicate: int
+    request_key: str
+    valid: bool
+    fields: dict[str, Any] = Field(default_factory=dict)
+    errors: list[str] = Field(default_factory=list)
+    flags: list[str] = Field(default_factory=list)
+    extraction_path: str = Field(description="Which link of the parse chain produced the record.")
