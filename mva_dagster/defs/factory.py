@@ -1,0 +1,218 @@
+"""One asset group per experiment: documents, analysis, extraction, scores, metrics, report.
+
+Partitioning (dynamic partitions, so sessions and documents appear as they are created):
+
+* ``documents``              [document]
+* ``analysis``, ``extraction`` [document x session]  (single-run backfills: one run per range)
+* ``scores``, ``metrics``, ``report``  [session]
+
+Assets stay thin: they load the session's context and call ``mva_dagster.steps``. Dagster's
+materialization records are the provenance; per-document details are logged as observations.
+"""
+
+
+import re
+import sys
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import dagster as dg
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
+from mva_dagster.llm.gateway import LLMGateway
+from mva_dagster.sessions.layout import ExperimentLayout
+from mva_dagster.steps import analysis as analysis_step
+from mva_dagster.steps import extraction as extraction_step
+from mva_dagster.steps import report as report_step
+from mva_dagster.steps import tables
+from mva_dagster.steps.context import SessionContext
+
+SESSION_TAG = "mva/session"
+
+
+def ident(value: str) -> str:
+    """A Dagster-safe identifier (asset key part, group, partitions name)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", value)
+
+
+@dataclass(frozen=True)
+class ExperimentDefs:
+    """The names of everything defined for one experiment, so callers never rebuild them."""
+
+    experiment: ExperimentLayout
+    group: str
+    documents_partitions: str
+    sessions_partitions: str
+    documents_job: str
+    per_document_job: str
+    session_job: str
+    assets: list[dg.AssetsDefinition]
+    jobs: list[UnresolvedAssetJobDefinition]
+    schedules: list[dg.ScheduleDefinition]
+
+
+def split_keys(keys: list[str]) -> dict[str, list[str]]:
+    """Multi-partition keys 'document|session' grouped by session."""
+    by_session: dict[str, list[str]] = defaultdict(list)
+    for key in keys:
+        document_id, session_id = key.split("|", 1)
+        by_session[session_id].append(document_id)
+    return by_session
+
+
+def _reporter(context: dg.AssetExecutionContext) -> Callable[[str], None]:
+    """Progress lines: to the terminal when run by `mva`, to the Dagster log otherwise."""
+    to_terminal = context.run.tags.get("mva/progress") == "terminal"
+
+    def report(line: str) -> None:
+        if to_terminal:
+            print(line, file=sys.stderr, flush=True)
+        else:
+            context.log.info(line)
+
+    return report
+
+
+def build_experiment_defs(experiment: ExperimentLayout) -> ExperimentDefs:
+    project = experiment.project.name
+    group = ident(f"{project}__{experiment.name}")
+    prefix = [ident(project), ident(experiment.name)]
+    documents_parts = dg.DynamicPartitionsDefinition(name=f"{group}__documents")
+    sessions_parts = dg.DynamicPartitionsDefinition(name=f"{group}__sessions")
+    per_doc = dg.MultiPartitionsDefinition({"document": documents_parts, "session": sessions_parts})
+    per_session_from_doc = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="session")
+    doc_from_multi = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="document")
+
+    def ctx_for(session_id: str) -> SessionContext:
+        return SessionContext.load(experiment.session(session_id))
+
+    @dg.asset(key=[*prefix, "documents"], group_name=group, partitions_def=documents_parts,
+              backfill_policy=dg.BackfillPolicy.single_run(), kinds={"python"},
+              description="A corpus document: path, size and sha256 as the session recorded them.")
+    def documents(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        session_id = context.run.tags.get(SESSION_TAG)
+        sessions = [ctx_for(session_id)] if session_id else [SessionContext.load(s) for s in
+                                                               reversed(experiment.sessions())]
+        seen = []
+        for document_id in context.partition_keys:
+            entry = next((c.manifest.document(document_id) for c in sessions
+                          if any(d.id == document_id for d in c.manifest.documents)), None)
+            if entry is None:
+                raise dg.Failure(f"document {document_id} is in no session of {experiment.name}")
+            ctx = next(c for c in sessions if any(d.id == document_id for d in c.manifest.documents))
+            ctx.document_text(entry)  # refuses a changed or missing file
+            context.log_event(dg.AssetObservation(
+                asset_key=context.asset_key, partition=document_id,
+                metadata={"path": entry.path, "sha256": entry.sha256, "words": entry.n_words}))
+            seen.append(document_id)
+        return dg.MaterializeResult(metadata={"documents": len(seen)})
+
+    @dg.asset(key=[*prefix, "analysis"], group_name=group, partitions_def=per_doc,
+              deps=[dg.AssetDep(documents, partition_mapping=doc_from_multi)],
+              backfill_policy=dg.BackfillPolicy.single_run(), kinds={"litellm"},
+              description="One LLM call per document x model x run through the proxy; raw answers "
+                          "are archived in llm_archive/ before anything reads them.")
+    def analysis(context: dg.AssetExecutionContext, llm: LLMGateway) -> dg.MaterializeResult:
+        report = _reporter(context)
+        totals = {"calls": 0, "sent": 0, "from_archive": 0, "failed": 0, "cost_usd": 0.0}
+        for session_id, document_ids in split_keys(list(context.partition_keys)).items():
+            ctx = ctx_for(session_id)
+            summary = analysis_step.run_analysis(ctx, llm, document_ids, report)
+            for document_id, outcomes in summary.by_document().items():
+                context.log_event(dg.AssetObservation(
+                    asset_key=context.asset_key, partition=f"{document_id}|{session_id}",
+                    metadata={
+                        "calls": len(outcomes),
+                        "answered": sum(1 for o in outcomes if o.answer is not None),
+                        "from_archive": sum(1 for o in outcomes if o.from_archive),
+                        "failed": [f"{o.model} run {o.replicate}: {o.error_class}" for o in outcomes
+                                   if o.answer is None],
+                        "cost_usd": round(sum(o.answer.cost_usd or 0 for o in outcomes
+                                              if o.answer and not o.from_archive), 6),
+                        "provider_models": sorted({o.answer.provider_model or "?" for o in outcomes
+                                                   if o.answer}),
+                    }))
+            totals["calls"] += len(summary.outcomes)
+            totals["sent"] += summary.sent
+            totals["from_archive"] += summary.from_archive
+            totals["failed"] += len(summary.failed)
+            totals["cost_usd"] += summary.cost_usd
+        totals["cost_usd"] = round(float(totals["cost_usd"]), 6)
+        return dg.MaterializeResult(metadata=totals)
+
+    @dg.asset(key=[*prefix, "extraction"], group_name=group, partitions_def=per_doc, deps=[analysis],
+              backfill_policy=dg.BackfillPolicy.single_run(), kinds={"json"},
+              description="Each archived answer parsed and validated against the output contract; "
+                          "invalid answers are kept with their reasons.")
+    def extraction(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        report = _reporter(context)
+        valid = invalid = 0
+        for session_id, document_ids in split_keys(list(context.partition_keys)).items():
+            summary = extraction_step.run_extraction(ctx_for(session_id), document_ids)
+            by_doc: dict[str, list[str]] = defaultdict(list)
+            for record in summary.records:
+                by_doc[record.document_id].append(
+                    f"{record.model} run {record.replicate}: "
+                    + ("valid" if record.valid else "INVALID " + "; ".join(record.errors)[:200])
+                    + f" [{record.extraction_path}]")
+            for document_id, lines in by_doc.items():
+                context.log_event(dg.AssetObservation(
+                    asset_key=context.asset_key, partition=f"{document_id}|{session_id}",
+                    metadata={"records": dg.MetadataValue.md("\n".join(f"- {x}" for x in lines))}))
+            valid += summary.valid
+            invalid += len(summary.invalid)
+            report(f"[extraction] {session_id}: {summary.valid} valid, {len(summary.invalid)} invalid "
+                   f"of {len(summary.records)} records")
+        return dg.MaterializeResult(metadata={"valid": valid, "invalid": invalid})
+
+    @dg.asset(key=[*prefix, "scores"], group_name=group, partitions_def=sessions_parts,
+              deps=[dg.AssetDep(extraction, partition_mapping=per_session_from_doc)], kinds={"duckdb"},
+              description="One row per document x model x run: results/scores.csv and the DuckDB table.")
+    def scores(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        ctx = ctx_for(context.partition_key)
+        records = extraction_step.load_records(ctx)
+        frame = tables.scores_frame(ctx, records)
+        tables.write_table(ctx, "scores", frame)
+        tables.write_table(ctx, "documents", tables.documents_frame(ctx))
+        return dg.MaterializeResult(metadata={
+            "rows": len(frame), "valid_rows": int(frame["valid"].sum()),
+            "csv": dg.MetadataValue.path(str(ctx.layout.scores_csv)),
+            "duckdb": dg.MetadataValue.path(str(ctx.layout.duckdb))})
+
+    @dg.asset(key=[*prefix, "metrics"], group_name=group, partitions_def=sessions_parts, deps=[scores],
+              kinds={"duckdb"},
+              description="The framework's calculation_spec evaluated per record, in dependency order.")
+    def metrics(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        ctx = ctx_for(context.partition_key)
+        frame = tables.metrics_frame(ctx, extraction_step.load_records(ctx))
+        tables.write_table(ctx, "metrics", frame)
+        return dg.MaterializeResult(metadata={
+            "rows": len(frame), "metrics": list(frame.columns[4:]),
+            "csv": dg.MetadataValue.path(str(ctx.layout.metrics_csv))})
+
+    @dg.asset(key=[*prefix, "report"], group_name=group, partitions_def=sessions_parts, deps=[metrics],
+              kinds={"markdown"}, description="A Markdown summary of the session in results/report.md.")
+    def report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        ctx = ctx_for(context.partition_key)
+        records = extraction_step.load_records(ctx)
+        text = report_step.write_report(ctx, records, tables.scores_frame(ctx, records),
+                                        tables.metrics_frame(ctx, records))
+        return dg.MaterializeResult(metadata={
+            "path": dg.MetadataValue.path(str(ctx.layout.report_md)),
+            "preview": dg.MetadataValue.md(text[:20000])})
+
+    documents_job = dg.define_asset_job(f"{group}__documents_job", selection=[documents],
+                                        partitions_def=documents_parts)
+    per_document_job = dg.define_asset_job(f"{group}__per_document_job", selection=[analysis, extraction],
+                                           partitions_def=per_doc)
+    session_job = dg.define_asset_job(f"{group}__session_job", selection=[scores, metrics, report],
+                                      partitions_def=sessions_parts)
+    return ExperimentDefs(
+        experiment=experiment, group=group,
+        documents_partitions=str(documents_parts.name), sessions_partitions=str(sessions_parts.name),
+        documents_job=documents_job.name, per_document_job=per_document_job.name,
+        session_job=session_job.name,
+        assets=[documents, analysis, extraction, scores, metrics, report],
+        jobs=[documents_job, per_document_job, session_job], schedules=[],
+    )

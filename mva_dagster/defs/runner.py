@@ -1,0 +1,106 @@
+"""Run a whole session on a Dagster instance: the one way to run one, whoever asks.
+
+Dagster runs cover one partitions definition each, so a session is three runs, never one per
+partition: documents (a range of the document partitions), analysis + extraction (a range of
+document x session), then scores, metrics and report (the session partition). Document partitions
+are registered in the session's order, so a session's documents form one contiguous range (more
+only if another corpus interleaved them; each contiguous stretch is one run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+from mva_dagster.defs.factory import SESSION_TAG, ExperimentDefs
+from mva_dagster.errors import SessionError
+from mva_dagster.sessions.chronolog import Chronolog
+from mva_dagster.sessions.layout import SessionLayout
+from mva_dagster.sessions.manager import load_manifest, set_status
+
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+@dataclass
+class SessionRun:
+    run_ids: list[str] = field(default_factory=list)
+    success: bool = True
+
+
+def register_partitions(instance: dg.DagsterInstance, bundle: ExperimentDefs, layout: SessionLayout) -> list[list[str]]:
+    """Add the session's partitions; return its documents as contiguous stretches of partition order."""
+    manifest = load_manifest(layout)
+    wanted = [d.id for d in manifest.documents]
+    known = set(instance.get_dynamic_partitions(bundle.documents_partitions))
+    new = [d for d in wanted if d not in known]
+    if new:
+        instance.add_dynamic_partitions(bundle.documents_partitions, new)
+    if not instance.has_dynamic_partition(bundle.sessions_partitions, manifest.session_id):
+        instance.add_dynamic_partitions(bundle.sessions_partitions, [manifest.session_id])
+    order = instance.get_dynamic_partitions(bundle.documents_partitions)
+    wanted_set = set(wanted)
+    segments: list[list[str]] = []
+    current: list[str] = []
+    for key in order:
+        if key in wanted_set:
+            current.append(key)
+        elif current:
+            segments.append(current)
+            current = []
+    if current:
+        segments.append(current)
+    return segments
+
+
+def run_session(layout: SessionLayout, bundle: ExperimentDefs, definitions: dg.Definitions,
+                instance: dg.DagsterInstance, *, terminal: bool = True,
+                steps: tuple[str, ...] = ("documents", "per_document", "session")) -> SessionRun:
+    manifest = load_manifest(layout)
+    session_id = manifest.session_id
+    segments = register_partitions(instance, bundle, layout)
+    if not segments:
+        raise SessionError(f"session {session_id} has no documents")
+    tags = {SESSION_TAG: session_id, "mva/project": manifest.project, "mva/experiment": manifest.experiment}
+    if terminal:
+        tags["mva/progress"] = "terminal"
+    chronolog = Chronolog(layout.chronolog, project=manifest.project, session_id=session_id)
+    set_status(layout, "running")
+    result = SessionRun()
+
+    def execute(job_name: str, extra_tags: dict[str, str], partition_key: str | None = None) -> None:
+        job = definitions.resolve_job_def(job_name)
+        outcome = job.execute_in_process(instance=instance, tags={**tags, **extra_tags},
+                                         partition_key=partition_key, run_config=QUIET,
+                                         raise_on_error=False)
+        result.run_ids.append(outcome.run_id)
+        chronolog.append("DAGSTER_RUN_FINISHED", {"job": job_name, "run_id": outcome.run_id,
+                                                  "success": outcome.success})
+        if not outcome.success:
+            result.success = False
+            errors = [e.event_specific_data.error.to_string()  # type: ignore[union-attr]
+                      for e in outcome.all_events if e.is_step_failure and e.event_specific_data]
+            set_status(layout, "failed")
+            raise SessionError(f"Dagster run {outcome.run_id} ({job_name}) failed:\n" + "\n".join(errors)[:4000],
+                               hint=f"nothing paid is lost: answers are in {layout.llm_archive}; "
+                                    f"fix the cause and run `mva resume {layout.root}`")
+
+    try:
+        if "documents" in steps:
+            for seg in segments:
+                execute(bundle.documents_job, {RANGE_START: seg[0], RANGE_END: seg[-1]})
+        if "per_document" in steps:
+            for seg in segments:
+                execute(bundle.per_document_job, {RANGE_START: f"{seg[0]}|{session_id}",
+                                                  RANGE_END: f"{seg[-1]}|{session_id}"})
+        if "session" in steps:
+            execute(bundle.session_job, {}, partition_key=session_id)
+    except BaseException:
+        if load_manifest(layout).status == "running":
+            set_status(layout, "interrupted")
+        raise
+    set_status(layout, "completed")
+    chronolog.append("SESSION_COMPLETED", {"runs": result.run_ids})
+    return result

@@ -1,0 +1,139 @@
+"""The model registry: which models exist, what they cost, and how hard we may call them.
+
+``models.yaml`` (next to this module) is the one place that knows a model's provider, LiteLLM
+route, prices and limits. The proxy config, the budget checks and the cost reports all read it, so
+a price changed here is a price changed everywhere. Experiments name models by alias; everything
+downstream uses the canonical alias that :meth:`Registry.resolve` returns.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mva_dagster.errors import SpecError
+
+DEFAULT_REGISTRY_PATH = Path(__file__).with_name("models.yaml")
+
+Provider = Literal["vertex_ai", "gemini", "anthropic", "openai", "local"]
+
+
+class ModelEntry(BaseModel):
+    """One model as the proxy serves it: route, credentials, prices (USD per token), limits."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="canonical alias: the proxy's model_name")
+    provider: Provider
+    litellm_model: str = Field(description="LiteLLM route used in real mode, e.g. vertex_ai/gemini-2.5-pro")
+    aliases: tuple[str, ...] = ()
+    env: tuple[str, ...] = Field(default=(), description="environment variables the real provider needs")
+    context_window: int = Field(gt=0)
+    max_output_tokens: int = Field(gt=0)
+    input_cost_per_token: float = Field(ge=0)
+    output_cost_per_token: float = Field(ge=0)
+    rpm: int = Field(gt=0)
+    tpm: int = Field(gt=0)
+    timeout_s: float = Field(gt=0)
+    max_concurrency: int = Field(gt=0)
+    structured_output: bool = False
+    notes: str = ""
+
+    @property
+    def all_names(self) -> tuple[str, ...]:
+        """Every name that resolves to this entry, canonical alias first."""
+        return (self.name, *self.aliases)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """What a call with these token counts costs at list price (USD)."""
+        return prompt_tokens * self.input_cost_per_token + completion_tokens * self.output_cost_per_token
+
+
+class Registry(BaseModel):
+    """All registered models, keyed by canonical alias; ``path`` is the file they came from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    models: dict[str, ModelEntry]
+    path: Path | None = None
+
+    @model_validator(mode="after")
+    def _names_are_unique(self) -> Registry:
+        # An alias that points at two entries would make an experiment's meaning depend on order.
+        seen: dict[str, str] = {}
+        for entry in self.models.values():
+            for name in entry.all_names:
+                if name in seen and seen[name] != entry.name:
+                    raise ValueError(f"name {name!r} is used by both {seen[name]!r} and {entry.name!r}")
+                seen[name] = entry.name
+        return self
+
+    def names(self) -> list[str]:
+        """Canonical aliases, in file order."""
+        return list(self.models)
+
+    def resolve(self, name: str) -> ModelEntry:
+        """The entry for a canonical alias or any of its aliases; SpecError if nobody knows it."""
+        if name in self.models:
+            return self.models[name]
+        for entry in self.models.values():
+            if name in entry.aliases:
+                return entry
+        known = ", ".join(
+            f"{entry.name} ({', '.join(entry.aliases)})" if entry.aliases else entry.name
+            for entry in self.models.values()
+        )
+        raise SpecError(
+            f"unknown model {name!r}; known models (aliases in brackets): {known}",
+            file=self.path,
+            hint=f"use one of the names above, or add an entry for {name!r} to "
+            f"{self.path or 'mva_dagster/llm/models.yaml'} (see docs/proxy-and-models.md)",
+        )
+
+    def missing_env(self, entry: ModelEntry, environ: Mapping[str, str] | None = None) -> list[str]:
+        """The entry's required environment variables that are unset or empty (real mode only)."""
+        env = os.environ if environ is None else environ
+        return [var for var in entry.env if not env.get(var)]
+
+
+def load_registry(path: str | Path | None = None) -> Registry:
+    """Read and validate ``models.yaml`` (the packaged one by default)."""
+    file = Path(path) if path is not None else DEFAULT_REGISTRY_PATH
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SpecError(f"cannot read the model registry: {exc}", file=file) from exc
+    except yaml.YAMLError as exc:
+        raise SpecError(f"not valid YAML: {exc}", file=file) from exc
+    if not isinstance(raw, dict) or not isinstance(raw.get("models"), dict) or not raw["models"]:
+        raise SpecError("expected a non-empty mapping under 'models:'", file=file, field="models")
+    entries: dict[str, ModelEntry] = {}
+    for name, body in raw["models"].items():
+        entries[str(name)] = _entry(str(name), body, file)
+    try:
+        return Registry(models=entries, path=file)
+    except ValidationError as exc:
+        raise SpecError(_first_error(exc), file=file, field="models") from exc
+
+
+def _entry(name: str, body: Any, file: Path) -> ModelEntry:
+    if not isinstance(body, dict):
+        raise SpecError("expected a mapping of fields", file=file, field=f"models.{name}")
+    try:
+        return ModelEntry(name=name, **body)
+    except (ValidationError, TypeError) as exc:
+        message = _first_error(exc) if isinstance(exc, ValidationError) else str(exc)
+        raise SpecError(message, file=file, field=f"models.{name}") from exc
+
+
+def _first_error(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"])
+        parts.append(f"{where}: {error['msg']}" if where else error["msg"])
+    return "; ".join(parts)

@@ -1,0 +1,102 @@
+"""What every step of a session needs, loaded once from the session's own files.
+
+Steps read the session manifest and the experiment's framework snapshot (checked against the hash
+the session recorded), never the researcher's working copies, which may have changed since.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from mva_dagster.errors import SessionError
+from mva_dagster.extraction.schema import contract_json_schema
+from mva_dagster.fsutil import sha256_file
+from mva_dagster.records import LLMRequest
+from mva_dagster.sessions.layout import SessionLayout
+from mva_dagster.sessions.manager import DocumentEntry, SessionManifest, load_manifest
+from mva_dagster.specs.framework import Framework, load_framework
+
+
+@dataclass
+class SessionContext:
+    layout: SessionLayout
+    manifest: SessionManifest
+    _texts: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, layout: SessionLayout) -> SessionContext:
+        return cls(layout=layout, manifest=load_manifest(layout))
+
+    @cached_property
+    def framework(self) -> Framework:
+        snapshot = self.layout.experiment.framework_snapshot
+        if not snapshot.exists():
+            raise SessionError(f"{snapshot} is missing; the session cannot be run or replayed")
+        actual = sha256_file(snapshot)
+        if actual != self.manifest.framework_sha256:
+            raise SessionError(
+                f"{snapshot} changed since session {self.manifest.session_id} was created "
+                f"(sha256 {actual[:12]} != {self.manifest.framework_sha256[:12]})",
+                hint="restore the snapshot; a changed framework belongs to a new experiment")
+        return load_framework(snapshot)
+
+    @cached_property
+    def json_schema(self) -> dict[str, Any]:
+        return contract_json_schema(self.framework.output_contract)
+
+    def calls(self, document_ids: list[str] | None = None) -> list[tuple[str, str, int]]:
+        """(document, model, replicate) for every call of the session (or of some documents)."""
+        ids = document_ids if document_ids is not None else [d.id for d in self.manifest.documents]
+        return [(doc, model, rep) for doc in ids for model in self.manifest.models
+                for rep in range(1, self.manifest.runs_per_model + 1)]
+
+    def document_text(self, entry: DocumentEntry) -> str:
+        """The document's text, refusing a file that changed since the session was created."""
+        if entry.id not in self._texts:
+            from pathlib import Path
+
+            path = Path(entry.path)
+            if not path.exists():
+                raise SessionError(f"document {entry.id}: {path} no longer exists",
+                                   hint="restore the corpus file; its sha256 is in session.json")
+            if sha256_file(path) != entry.sha256:
+                raise SessionError(f"document {entry.id}: {path} changed since the session was created",
+                                   hint="restore the original file (sha256 in session.json) or start "
+                                        "a new session")
+            self._texts[entry.id] = path.read_text(encoding="utf-8")
+        return self._texts[entry.id]
+
+    def analysis_request(self, document_id: str, model: str, replicate: int) -> LLMRequest:
+        """The exact request for one call; rebuilt identically by resume and replay."""
+        entry = self.manifest.document(document_id)
+        framework = self.framework
+        variant = framework.variant(self.manifest.analysis_variant)
+        contract = framework.output_contract
+        system = "\n\n".join(part for part in (
+            variant.analysis_prompt.strip(),
+            contract.instructions.strip(),
+            "Return one JSON object with exactly these fields: "
+            + ", ".join(f"{name} ({_type_name(spec)})" for name, spec in contract.schema_.items()) + ".",
+        ) if part)
+        lines = [f"{name}: {entry.metadata[name]}" for name in self.manifest.prompt_metadata
+                 if name in entry.metadata]
+        context = ("Context about the text:\n" + "\n".join(lines) + "\n\n") if lines else ""
+        user = f"{context}Text to analyse:\n\n{self.document_text(entry)}"
+        params = dict(self.manifest.generation)
+        params.setdefault("seed", replicate)  # distinct replicates are distinct, reproducible calls
+        return LLMRequest(
+            session_id=self.manifest.session_id, document_id=document_id, model=model,
+            replicate=replicate, purpose="analysis",
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+            params=params,
+            response_format={"type": "json_schema",
+                             "json_schema": {"name": "analysis_record", "schema": self.json_schema}},
+        )
+
+
+def _type_name(spec: Any) -> str:
+    if isinstance(spec, dict):
+        return str(spec.get("type", "value"))
+    return str(spec)

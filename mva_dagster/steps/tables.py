@@ -1,0 +1,73 @@
+"""Session tables: scores (one row per document x model x replicate), metrics, documents.
+
+Each table is written to the session's DuckDB file and as CSV in ``results/``. Column order follows
+the framework's output contract and calculation spec, so no framework field names live in code.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from mva_dagster.calc.formula import build_plan
+from mva_dagster.fsutil import atomic_write_text
+from mva_dagster.records import ExtractedRecord
+from mva_dagster.steps.context import SessionContext
+
+KEY_COLUMNS = ["document_id", "model", "replicate"]
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, list | dict):
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return value
+
+
+def scores_frame(ctx: SessionContext, records: list[ExtractedRecord]) -> pd.DataFrame:
+    fields = list(ctx.framework.output_contract.schema_.keys())
+    rows = []
+    for record in records:
+        row: dict[str, Any] = {
+            "document_id": record.document_id, "model": record.model, "replicate": record.replicate,
+            "valid": record.valid, "extraction_path": record.extraction_path,
+            "errors": "; ".join(record.errors), "flags": "; ".join(record.flags),
+        }
+        for name in fields:
+            row[name] = _cell(record.fields.get(name)) if record.valid else None
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=[*KEY_COLUMNS, "valid", "extraction_path", "errors", "flags", *fields])
+    return frame.sort_values(KEY_COLUMNS, kind="stable").reset_index(drop=True)
+
+
+def metrics_frame(ctx: SessionContext, records: list[ExtractedRecord]) -> pd.DataFrame:
+    framework = ctx.framework
+    plan = build_plan(framework.calculation_spec, known_inputs=None, file=str(ctx.layout.experiment.framework_snapshot))
+    rows = []
+    for record in records:
+        values = plan.evaluate(record.fields) if record.valid else dict.fromkeys(plan.order)
+        rows.append({"document_id": record.document_id, "model": record.model,
+                     "replicate": record.replicate, "valid": record.valid,
+                     **{name: values.get(name) for name in plan.order}})
+    frame = pd.DataFrame(rows, columns=[*KEY_COLUMNS, "valid", *plan.order])
+    return frame.sort_values(KEY_COLUMNS, kind="stable").reset_index(drop=True)
+
+
+def documents_frame(ctx: SessionContext) -> pd.DataFrame:
+    rows = []
+    for entry in ctx.manifest.documents:
+        rows.append({"document_id": entry.id, "sha256": entry.sha256, "n_words": entry.n_words,
+                     **{k: _cell(v) for k, v in sorted(entry.metadata.items()) if k != "sha256"}})
+    return pd.DataFrame(rows).sort_values("document_id", kind="stable").reset_index(drop=True)
+
+
+def write_table(ctx: SessionContext, name: str, frame: pd.DataFrame) -> None:
+    """Replace table ``name`` in the session's DuckDB file and write ``results/<name>.csv``."""
+    ctx.layout.results.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(ctx.layout.results / f"{name}.csv", frame.to_csv(index=False))
+    with duckdb.connect(str(ctx.layout.duckdb)) as con:
+        con.register("frame_view", frame)
+        con.execute(f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM frame_view')
+        con.unregister("frame_view")
