@@ -27,6 +27,7 @@ from mva_dagster.errors import (
     RecoverableLLMError,
     TransientLLMError,
 )
+from mva_dagster.llm import conversations
 from mva_dagster.llm.archive import SessionArchive
 from mva_dagster.records import LLMAnswer, LLMRequest
 from mva_dagster.sessions.chronolog import utc_now
@@ -129,9 +130,15 @@ class LLMGateway(dg.ConfigurableResource):
         """The answer to ``request`` and whether it came from the archive (True) or the proxy."""
         archived = archive.lookup(request)
         if archived is not None:
+            conversations.record_answer(archive.layout, request, archived, from_archive=True)
             return archived, True
-        answer = await self._send(client, request, on_wait=on_wait)
+        try:
+            answer = await self._send(client, request, on_wait=on_wait)
+        except LLMError as exc:
+            conversations.record_failure(archive.layout, request, exc)
+            raise
         archive.store(request, answer)  # durable before anyone uses it
+        conversations.record_answer(archive.layout, request, answer, from_archive=False)
         return answer, False
 
     async def _send(self, client: httpx.AsyncClient, request: LLMRequest, *,

@@ -25,3 +25,21 @@ def test_module_level_defs_is_loadable() -> None:
     from mva_dagster import definitions as module
 
     dg.Definitions.validate_loadable(module.defs)
+
+
+def test_schedule_only_when_the_experiment_asks(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from mva_dagster.sessions.layout import ProjectLayout
+    from tests.conftest import REPO
+
+    framework = REPO / "projects" / "MVA" / "experiments" / "sotu_demo" / "framework.md"
+    project = ProjectLayout(tmp_path / "P")
+    for name, extra in (("weekly", 'schedule: "0 6 * * 1"\n'), ("adhoc", "")):
+        folder = project.experiments_dir / name
+        folder.mkdir(parents=True)
+        (folder / "experiment.md").write_text(
+            f"---\nframework_file: {framework}\ncorpus: corpus/\nmodels: [gemini-2.5-flash]\n{extra}---\n")
+    definitions, _ = build_definitions(find_experiments([tmp_path]))
+    dg.Definitions.validate_loadable(definitions)
+    schedules = list(definitions.schedules or [])
+    assert [s.name for s in schedules] == ["P__weekly__schedule"]  # type: ignore[union-attr]
+    assert schedules[0].cron_schedule == "0 6 * * 1"  # type: ignore[union-attr]
