@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -18,6 +19,9 @@ from mva_dagster.cli._common import PROVIDER_OPTION, reports_errors
 from mva_dagster.cli.proxy import proxy_group
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the price map online
+# Dagster marks some APIs we rely on (partition mappings, backfill policies) beta; say it once in docs,
+# not on every command.
+warnings.filterwarnings("ignore", message=r".*is currently in (beta|preview).*")
 
 DEMO_EXPERIMENT = Path(__file__).resolve().parents[2] / "projects" / "MVA" / "experiments" / "sotu_demo"
 

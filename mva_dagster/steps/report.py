@@ -32,7 +32,7 @@ def _fmt(value: object) -> str:
 def per_document_means(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     valid = frame[frame["valid"]]
     numeric = [c for c in columns if c in valid and pd.api.types.is_numeric_dtype(valid[c])
-               and c != "replicate"]
+               and not pd.api.types.is_bool_dtype(valid[c]) and c != "replicate"]
     if valid.empty or not numeric:
         return pd.DataFrame()
     means = valid.groupby("document_id")[numeric].mean().T
