@@ -42,7 +42,7 @@ from mva_dagster.errors import ProviderError, SetupError
 from mva_dagster.providers.model_fetch import check_gguf_file, ensure_local_model, gguf_sha256
 
 HOST = "127.0.0.1"
-DEFAULT_CTX = 4096
+DEFAULT_CTX = 8192  # the model's trained context; the registry advertises the same window
 DEFAULT_STRING_MAX_LENGTH = 200
 BACKEND_TIMEOUT_S = 600.0
 
@@ -283,9 +283,14 @@ def create_app(
     model_id: str,
     *,
     model_info: Mapping[str, Any] | None = None,
+    fingerprint: str | None = None,
     default_max_length: int = DEFAULT_STRING_MAX_LENGTH,
 ) -> Starlette:
-    """The OpenAI-compatible front that forwards to the llama.cpp server at ``backend_url``."""
+    """The OpenAI-compatible front that forwards to the llama.cpp server at ``backend_url``.
+
+    ``fingerprint`` becomes the answers' ``system_fingerprint``: the thread count changes the
+    numerics, so a seeded answer is reproducible only under the same fingerprint.
+    """
     lock = asyncio.Lock()
     started = int(time.time())
     clients: dict[str, httpx.AsyncClient] = {}
@@ -326,6 +331,10 @@ def create_app(
             return _error(400, "streaming is not supported by the local provider; send stream=false")
         if "max_tokens" not in body and isinstance(body.get("max_completion_tokens"), int):
             body["max_tokens"] = body["max_completion_tokens"]
+        if "seed" in body:
+            # A reused KV prefix changes the numerics: the same seeded request then answers differently
+            # depending on what was served before it. Reproducibility wins over the saved prompt time.
+            body.setdefault("cache_prompt", False)
         schema = request_json_schema(body)
         forwarded = _with_schema(body, with_string_limits(schema, default_max_length)) if schema else body
         forwarded.pop("model", None)  # one model is loaded; its id is ours to report
@@ -348,6 +357,8 @@ def create_app(
                 data, status_code=response.status_code if response.status_code != 200 else 502
             )
         data["model"] = model_id
+        if fingerprint:
+            data["system_fingerprint"] = fingerprint
         headers: dict[str, str] = {}
         clamped: list[str] = []
         if schema is not None:
@@ -387,6 +398,16 @@ def create_app(
         Route("/chat/completions", chat_completions, methods=["POST"]),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
+
+
+def backend_version() -> str:
+    """The installed xllamacpp version (it pins the llama.cpp build that computes the answers)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("xllamacpp")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def start_backend(model: Path, *, threads: int, ctx: int) -> tuple[Any, str]:
@@ -457,7 +478,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model_id = model_id_for(model, sha256)
     info = {"gguf": str(model), "sha256": sha256, "threads": threads, "n_ctx": args.ctx}
-    app = create_app(backend_url, model_id, model_info=info, default_max_length=args.max_string_length)
+    fingerprint = f"xllamacpp-{backend_version()}-threads{threads}"
+    app = create_app(
+        backend_url,
+        model_id,
+        model_info=info,
+        fingerprint=fingerprint,
+        default_max_length=args.max_string_length,
+    )
     print(
         f"local provider: {model_id} on http://{HOST}:{args.port} (backend {backend_url}, threads={threads}, "
         f"ctx={args.ctx}, ready in {time.monotonic() - began:.1f}s)",

