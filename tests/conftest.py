@@ -11,6 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = (REPO / ".." / "shared").resolve()
+FIXTURES = REPO / "tests" / "fixtures"
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -21,6 +22,20 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"../shared is not present ({path}); this test reads the shared reference data")
     return path
+
+
+@pytest.fixture
+def fixtures() -> Path:
+    """The repository's own fixture frameworks, corpora and experiments."""
+    return FIXTURES
+
+
+@pytest.fixture
+def shared() -> Path:
+    """The real Discernus data at ../shared; tests using it skip on a fresh clone without it."""
+    if not SHARED.is_dir():
+        pytest.skip(f"../shared is absent ({SHARED}): the shared reference data exists on dev machines only")
+    return SHARED
 
 
 @pytest.fixture(scope="session")
