@@ -13,8 +13,10 @@ from pathlib import Path
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
+from mva_dagster.defs.checks import build_session_checks
 from mva_dagster.defs.factory import ExperimentDefs, build_experiment_defs
 from mva_dagster.defs.schedules import build_schedules
+from mva_dagster.defs.sensors import run_failure_alerts
 from mva_dagster.llm.gateway import LLMGateway
 from mva_dagster.sessions.layout import SAFE_NAME, ExperimentLayout, ProjectLayout
 
@@ -51,7 +53,9 @@ def build_definitions(experiments: list[ExperimentLayout]) -> tuple[dg.Definitio
         assets += bundle.assets
         jobs += bundle.jobs
     schedule_jobs, schedules = build_schedules(list(by_root.values()))
+    checks = [check for bundle in by_root.values() for check in build_session_checks(bundle)]
     definitions = dg.Definitions(assets=assets, jobs=[*jobs, *schedule_jobs], schedules=schedules,
+                                 asset_checks=checks, sensors=[run_failure_alerts],
                                  resources={"llm": LLMGateway()})
     return definitions, by_root
 

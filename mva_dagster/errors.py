@@ -16,6 +16,9 @@ that says what went wrong *and where*, and (when there is one) a ``hint`` that s
     ├── BudgetExceeded            the next call could cross a budget: the session pauses
     └── LLMError                  one LLM call failed; ``error_class`` says how to treat it
         ├── TransientLLMError     429, 5xx, timeouts, resets: retried with backoff
+        │   ├── RateLimitedLLMError   429 over a quota: waits (Retry-After), never counts as a failure
+        │   ├── CooldownLLMError      the proxy's circuit breaker is open for the model: waits
+        │   └── ProxyUnreachableError the proxy is down or restarting: waits for it to come back
         ├── PermanentLLMError     400, 401/403, context too long, content filter: item fails
         └── RecoverableLLMError   malformed or truncated output: re-ask, then extraction fallback
 """
@@ -83,7 +86,27 @@ class SetupError(MvaError):
 
 
 class BudgetExceeded(MvaError):
-    """The next call's worst-case cost could cross a budget; the session stops cleanly."""
+    """The next call's worst-case cost could cross a budget; the session stops cleanly.
+
+    ``level`` is the budget that would be crossed (session, experiment or project); the amounts
+    are USD: the budget, what is already spent or reserved, and the refused call's worst case.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        level: str | None = None,
+        budget_usd: float | None = None,
+        committed_usd: float | None = None,
+        needed_usd: float | None = None,
+    ) -> None:
+        self.level = level
+        self.budget_usd = budget_usd
+        self.committed_usd = committed_usd
+        self.needed_usd = needed_usd
+        super().__init__(message, hint=hint)
 
 
 class LLMError(MvaError):
@@ -120,3 +143,27 @@ class RecoverableLLMError(LLMError):
     """The provider answered, but the answer is unusable as sent (malformed, truncated)."""
 
     error_class = "recoverable"
+
+
+class RateLimitedLLMError(TransientLLMError):
+    """HTTP 429 for a quota (provider, deployment rpm/tpm, or a proxy key): wait, then send again.
+
+    Waiting out a rate limit is the normal way a large run slows down, so these waits are bounded
+    by time, not by the number of attempts.
+    """
+
+
+class CooldownLLMError(TransientLLMError):
+    """The proxy took the model out of rotation after repeated failures (its circuit breaker).
+
+    It says when to try again (``retry_after``); unlike a quota, it signals an unhealthy provider,
+    so each wait counts as a failed attempt.
+    """
+
+
+class ProxyUnreachableError(TransientLLMError):
+    """The proxy refused the connection or dropped it: it is down or restarting.
+
+    Answers are archived before use, so nothing is lost; the gateway waits for the proxy to come
+    back for a bounded time.
+    """

@@ -14,7 +14,8 @@ from typing import Any
 
 import dagster as dg
 
-from mva_dagster.errors import SpecError
+from mva_dagster.errors import BudgetExceeded, SessionError, SpecError
+from mva_dagster.llm.budget import SessionPolicy, mark_paused_by_budget, write_policy
 from mva_dagster.llm.registry import load_registry
 from mva_dagster.sessions.layout import SAFE_NAME, SessionLayout, check_safe_name
 from mva_dagster.sessions.manager import DocumentEntry, Provider, create_session
@@ -42,6 +43,7 @@ class Plan:
     project_dir: Path
     experiment_name: str
     generation: dict[str, Any]
+    budget_override: float | None = None  # `mva run --budget USD`: the session budget
 
     @property
     def calls(self) -> int:
@@ -98,17 +100,45 @@ def plan_session(experiment_path: Path, *, corpus: Path | None = None, model: st
                 provider=mode, project_dir=proj, experiment_name=name, generation=generation)
 
 
-def create_planned_session(plan: Plan, *, model_override: str | None = None) -> SessionLayout:
+def session_policy(plan: Plan) -> SessionPolicy:
+    """Budgets (``--budget`` wins over the experiment's ``budget:``), the alert webhook and the
+    experiment's fallbacks, resolved to canonical aliases - a fallback is never implicit."""
+    registry = load_registry()
+    experiment = plan.experiment
+    fallbacks: dict[str, list[str]] = {}
+    for name, targets in experiment.fallbacks.items():
+        model = registry.resolve(name).name
+        chain = [registry.resolve(t).name for t in targets]
+        if model in chain:
+            raise SpecError(f"{name} falls back to itself", file=experiment.path, field="fallbacks")
+        if model in plan.models:
+            fallbacks[model] = chain
+    session_usd = plan.budget_override if plan.budget_override is not None else experiment.budget
+    return SessionPolicy(
+        session_usd=session_usd, experiment_usd=experiment.experiment_budget,
+        project_usd=experiment.project_budget, alert_webhook=experiment.budget_webhook, fallbacks=fallbacks,
+        budget_source="cli" if plan.budget_override is not None else "experiment" if session_usd is not None
+        else None)
+
+
+def create_planned_session(plan: Plan, *, model_override: str | None = None,
+                           linked_from: SessionLayout | None = None,
+                           changes: list[str] | None = None) -> SessionLayout:
+    """Create the planned session; ``linked_from`` is the session `mva resume --allow-changes` continues."""
     documents = [DocumentEntry(id=d.id, path=str(d.path.resolve()), sha256=d.sha256, n_words=d.n_words,
                                metadata=dict(d.metadata)) for d in plan.corpus.documents]
-    return create_session(
+    policy = session_policy(plan)  # checked before the session exists
+    layout = create_session(
         project_dir=plan.project_dir, experiment_name=plan.experiment_name,
         experiment_file=plan.experiment.path, framework_file=plan.experiment.framework_file,
         framework_name=plan.framework.name, framework_version=plan.framework.version,
         corpus_path=plan.corpus.path, corpus_sha256=plan.corpus.sha256, documents=documents,
         models=plan.models, model_override=model_override, runs_per_model=plan.experiment.runs_per_model,
         analysis_variant=plan.experiment.analysis_variant, generation=plan.generation,
-        prompt_metadata=list(plan.experiment.prompt_metadata), provider=plan.provider)
+        prompt_metadata=list(plan.experiment.prompt_metadata), provider=plan.provider,
+        linked_from=linked_from, changes=changes)
+    write_policy(layout, policy)
+    return layout
 
 
 def execute_session(layout: SessionLayout, provider: Provider, *, instance: dg.DagsterInstance | None = None,
@@ -125,7 +155,11 @@ def execute_session(layout: SessionLayout, provider: Provider, *, instance: dg.D
     stack = ensure_stack(provider)
     try:
         say(f"Proxy ready at {stack.proxy.url}")
-        run_session(layout, bundle, definitions, instance or get_instance(), terminal=terminal)
+        try:
+            run_session(layout, bundle, definitions, instance or get_instance(), terminal=terminal)
+        except (SessionError, BudgetExceeded) as exc:
+            paused = mark_paused_by_budget(layout)
+            raise paused or exc from exc
     finally:
         if not keep_stack:
             stack.stop_started()
@@ -135,9 +169,16 @@ def execute_session(layout: SessionLayout, provider: Provider, *, instance: dg.D
 def launch_session(experiment_path: Path, *, project_dir: Path | None = None, corpus: Path | None = None,
                    model: str | None = None, provider: Provider | None = None,
                    experiment_name: str | None = None, instance: dg.DagsterInstance | None = None,
-                   terminal: bool = True, keep_stack: bool = False, say: Say = _stderr) -> SessionLayout:
+                   terminal: bool = True, keep_stack: bool = False, say: Say = _stderr,
+                   budget: float | None = None, confirm: Callable[[Plan], None] | None = None) -> SessionLayout:
+    """Plan, create and run a session. ``budget`` is the session budget in USD (over the experiment's);
+    ``confirm`` sees the plan before anything is created (`mva run` shows the cost estimate there and
+    may refuse by raising)."""
     plan = plan_session(experiment_path, corpus=corpus, model=model, provider=provider,
                         project_dir=project_dir, experiment_name=experiment_name)
+    plan.budget_override = budget
+    if confirm is not None:
+        confirm(plan)
     layout = create_planned_session(plan, model_override=model)
     say(f"Session {layout.session_id}: {len(plan.corpus.documents)} documents x {len(plan.models)} model(s) "
         f"x {plan.experiment.runs_per_model} run(s) = {plan.calls} calls on provider '{plan.provider}'")

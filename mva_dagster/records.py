@@ -64,6 +64,8 @@ class CallError(BaseModel):
     error_class: str
     message: str
     status: int | None = None
+    error_type: str | None = Field(default=None, description="The exception class, e.g. CooldownLLMError.")
+    hint: str | None = None
 
 
 class LLMAnswer(BaseModel):
@@ -88,6 +90,20 @@ class LLMAnswer(BaseModel):
     started_at: str
     finished_at: str
     response_headers: dict[str, str] = Field(default_factory=dict)
+    model_used: str | None = Field(
+        default=None,
+        description="The model group that answered (x-litellm-model-group); differs from model_alias "
+        "only when a fallback configured in the experiment was taken.",
+    )
+    fallback_used: bool = False
+    waited_s: float = Field(default=0.0, description="Seconds spent waiting on rate limits and retries.")
+    reask_reason: str | None = Field(
+        default=None, description="Why the first answer was unusable and the request was sent again."
+    )
+    superseded: list[LLMAnswer] = Field(
+        default_factory=list,
+        description="Earlier answers to this request that a re-ask replaced; kept because they were paid for.",
+    )
 
 
 class ExtractedRecord(BaseModel):
@@ -103,3 +119,16 @@ class ExtractedRecord(BaseModel):
     errors: list[str] = Field(default_factory=list)
     flags: list[str] = Field(default_factory=list)
     extraction_path: str = Field(description="Which link of the parse chain produced the record.")
+    error_class: str | None = Field(
+        default=None, description="Why an invalid record failed (see docs/extraction.md); None when valid."
+    )
+    extraction_trace: list[str] = Field(default_factory=list, description="Every link tried, in order.")
+    extraction_model: str | None = Field(
+        default=None, description="The model that transformed the answer, when the LLM link was used."
+    )
+    transform_request_keys: list[str] = Field(
+        default_factory=list, description="Archive keys of the transformation calls (one per attempt)."
+    )
+    raw_answer: str | None = Field(
+        default=None, description="The raw answer, kept on invalid records next to their reasons."
+    )

@@ -16,7 +16,16 @@ from pathlib import Path
 import click
 
 from mva_dagster.cli._common import PROVIDER_OPTION, reports_errors
+from mva_dagster.cli.cost import cost_command
+from mva_dagster.cli.estimate import estimate_command
+from mva_dagster.cli.framework import framework_group
+from mva_dagster.cli.health import health_command
+from mva_dagster.cli.log import log_group
+from mva_dagster.cli.provenance import provenance_command
 from mva_dagster.cli.proxy import proxy_group
+from mva_dagster.cli.replay import replay_command
+from mva_dagster.cli.session import chronolog_group, migrate, resume, status
+from mva_dagster.cli.watch import watch_command
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the price map online
 # Dagster marks some APIs we rely on (partition mappings, backfill policies) beta; say it once in docs,
@@ -33,6 +42,18 @@ def main() -> None:
 
 
 main.add_command(proxy_group)
+main.add_command(log_group)
+main.add_command(watch_command)
+main.add_command(provenance_command)
+main.add_command(health_command)
+main.add_command(framework_group)
+main.add_command(resume)
+main.add_command(status)
+main.add_command(chronolog_group)
+main.add_command(migrate)
+main.add_command(replay_command)
+main.add_command(cost_command)
+main.add_command(estimate_command)
 
 
 def print_results(layout_root: Path) -> int:
@@ -67,14 +88,34 @@ def print_results(layout_root: Path) -> int:
 @click.option("--project-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Project folder for an experiment that lives outside projects/ (default projects/default).")
 @click.option("--keep-proxy", is_flag=True, help="Leave the proxy and provider running afterwards.")
+@click.option("--budget", type=click.FloatRange(min=0), default=None,
+              help="Session budget in USD (overrides the experiment's budget:). No call is sent that "
+                   "could cross it; the session pauses instead.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation when the estimate is above the threshold.")
+@click.option("--confirm-above", type=click.FloatRange(min=0), default=None,
+              help="Ask before a real run whose expected cost exceeds this (USD; default $MVA_CONFIRM_ABOVE_USD "
+                   "or 1.00).")
 @reports_errors
 def run(experiment: Path, corpus: Path | None, model: str | None, provider: str | None,
-        project_dir: Path | None, keep_proxy: bool) -> None:
-    """Run EXPERIMENT (a folder with experiment.md, or the file) as a new session."""
+        project_dir: Path | None, keep_proxy: bool, budget: float | None, yes: bool,
+        confirm_above: float | None) -> None:
+    """Run EXPERIMENT (a folder with experiment.md, or the file) as a new session.
+
+    Shows the cost estimate first. Exit codes: 0 done, 2 error, 3 finished with failed items,
+    4 paused by its budget (resumable; nothing lost).
+    """
+    from mva_dagster.cli.estimate import confirm_run, confirm_threshold
+    from mva_dagster.errors import BudgetExceeded
     from mva_dagster.launch import launch_session
 
-    layout = launch_session(experiment, project_dir=project_dir, corpus=corpus, model=model,
-                            provider=provider, keep_stack=keep_proxy)  # type: ignore[arg-type]
+    threshold = confirm_threshold(confirm_above)
+    try:
+        layout = launch_session(experiment, project_dir=project_dir, corpus=corpus, model=model,
+                                provider=provider, keep_stack=keep_proxy, budget=budget,  # type: ignore[arg-type]
+                                confirm=lambda plan: confirm_run(plan, yes=yes, threshold=threshold))
+    except BudgetExceeded as exc:
+        click.echo(f"PAUSED: {exc}", err=True)
+        sys.exit(4)
     sys.exit(print_results(layout.root))
 
 

@@ -1,10 +1,10 @@
-"""One asset group per experiment: documents, analysis, extraction, scores, metrics, report.
+"""One asset group per experiment: documents ... metrics, statistics, synthesis, report.
 
 Partitioning (dynamic partitions, so sessions and documents appear as they are created):
 
 * ``documents``              [document]
 * ``analysis``, ``extraction`` [document x session]  (single-run backfills: one run per range)
-* ``scores``, ``metrics``, ``report``  [session]
+* ``scores``, ``metrics``, ``statistics``, ``synthesis``, ``report``  [session]
 
 Assets stay thin: they load the session's context and call ``mva_dagster.steps``. Dagster's
 materialization records are the provenance; per-document details are logged as observations.
@@ -21,14 +21,18 @@ import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from mva_dagster.llm.gateway import LLMGateway
+from mva_dagster.observe.provenance import observed_provider_versions
 from mva_dagster.sessions.layout import ExperimentLayout
 from mva_dagster.steps import analysis as analysis_step
 from mva_dagster.steps import extraction as extraction_step
 from mva_dagster.steps import report as report_step
+from mva_dagster.steps import statistics as statistics_step
+from mva_dagster.steps import synthesis as synthesis_step
 from mva_dagster.steps import tables
 from mva_dagster.steps.context import SessionContext
 
 SESSION_TAG = "mva/session"
+GROUNDED_CHECK = "numbers_and_quotes_grounded"
 
 
 def ident(value: str) -> str:
@@ -116,10 +120,13 @@ def build_experiment_defs(experiment: ExperimentLayout) -> ExperimentDefs:
     def analysis(context: dg.AssetExecutionContext, llm: LLMGateway) -> dg.MaterializeResult:
         report = _reporter(context)
         totals = {"calls": 0, "sent": 0, "from_archive": 0, "failed": 0, "cost_usd": 0.0}
+        provider_versions: dict[str, dict[str, int]] = {}
         for session_id, document_ids in split_keys(list(context.partition_keys)).items():
             ctx = ctx_for(session_id)
-            summary = analysis_step.run_analysis(ctx, llm, document_ids, report)
-            for document_id, outcomes in summary.by_document().items():
+
+            def observe(document_id: str, outcomes: list[analysis_step.CallOutcome], scores_md: str,
+                        session_id: str = session_id) -> None:
+                # Logged as each document's last call lands, so the UI shows scores mid-run.
                 context.log_event(dg.AssetObservation(
                     asset_key=context.asset_key, partition=f"{document_id}|{session_id}",
                     metadata={
@@ -130,26 +137,34 @@ def build_experiment_defs(experiment: ExperimentLayout) -> ExperimentDefs:
                                    if o.answer is None],
                         "cost_usd": round(sum(o.answer.cost_usd or 0 for o in outcomes
                                               if o.answer and not o.from_archive), 6),
-                        "provider_models": sorted({o.answer.provider_model or "?" for o in outcomes
-                                                   if o.answer}),
+                        "models": sorted({o.model for o in outcomes}),
+                        "scores": dg.MetadataValue.md(scores_md),
                     }))
+
+            summary = analysis_step.run_analysis(ctx, llm, document_ids, report, on_document=observe)
+            provider_versions.update(observed_provider_versions(ctx.layout))
             totals["calls"] += len(summary.outcomes)
             totals["sent"] += summary.sent
             totals["from_archive"] += summary.from_archive
             totals["failed"] += len(summary.failed)
             totals["cost_usd"] += summary.cost_usd
         totals["cost_usd"] = round(float(totals["cost_usd"]), 6)
-        return dg.MaterializeResult(metadata=totals)
+        # The model ids the providers returned (from the proxy ledger), not the aliases asked for.
+        return dg.MaterializeResult(metadata={**totals, "provider_versions": provider_versions})
 
     @dg.asset(key=[*prefix, "extraction"], group_name=group, partitions_def=per_doc, deps=[analysis],
               backfill_policy=dg.BackfillPolicy.single_run(), kinds={"json"},
-              description="Each archived answer parsed and validated against the output contract; "
-                          "invalid answers are kept with their reasons.")
-    def extraction(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+              description="Each archived answer parsed and validated against the output contract; what "
+                          "the parser cannot read is transformed by the experiment's extraction_model "
+                          "(archived like every call); invalid answers are kept with their reasons.")
+    def extraction(context: dg.AssetExecutionContext, llm: LLMGateway) -> dg.MaterializeResult:
         report = _reporter(context)
         valid = invalid = 0
+        paths: dict[str, int] = defaultdict(int)
         for session_id, document_ids in split_keys(list(context.partition_keys)).items():
-            summary = extraction_step.run_extraction(ctx_for(session_id), document_ids)
+            summary = extraction_step.run_extraction(ctx_for(session_id), document_ids, llm, report)
+            for path, count in summary.by_path().items():
+                paths[path] += count
             by_doc: dict[str, list[str]] = defaultdict(list)
             for record in summary.records:
                 by_doc[record.document_id].append(
@@ -164,7 +179,7 @@ def build_experiment_defs(experiment: ExperimentLayout) -> ExperimentDefs:
             invalid += len(summary.invalid)
             report(f"[extraction] {session_id}: {summary.valid} valid, {len(summary.invalid)} invalid "
                    f"of {len(summary.records)} records")
-        return dg.MaterializeResult(metadata={"valid": valid, "invalid": invalid})
+        return dg.MaterializeResult(metadata={"valid": valid, "invalid": invalid, "by_path": dict(paths)})
 
     @dg.asset(key=[*prefix, "scores"], group_name=group, partitions_def=sessions_parts,
               deps=[dg.AssetDep(extraction, partition_mapping=per_session_from_doc)], kinds={"duckdb"},
@@ -191,7 +206,39 @@ def build_experiment_defs(experiment: ExperimentLayout) -> ExperimentDefs:
             "rows": len(frame), "metrics": list(frame.columns[4:]),
             "csv": dg.MetadataValue.path(str(ctx.layout.metrics_csv))})
 
-    @dg.asset(key=[*prefix, "report"], group_name=group, partitions_def=sessions_parts, deps=[metrics],
+    @dg.asset(key=[*prefix, "statistics"], group_name=group, partitions_def=sessions_parts, deps=[metrics],
+              kinds={"duckdb"},
+              description="The experiment's statistical plan and hypotheses, computed: descriptives, tests "
+                          "with effect sizes, inter-run reliability; results/stats_*.csv and plot_*.png.")
+    def statistics(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        outcome = statistics_step.run_statistics(ctx_for(context.partition_key))
+        hypotheses = outcome.result.tables["stats_hypotheses"]
+        return dg.MaterializeResult(metadata={
+            "hypotheses": dg.MetadataValue.md(synthesis_step.markdown_table(
+                hypotheses[["hypothesis", "verdict", "tests", "computed", "supported"]])),
+            "tests": len(outcome.result.tables["stats_tests"]),
+            "plots": [str(p) for p in outcome.plots]})
+
+    @dg.asset(key=[*prefix, "synthesis"], group_name=group, partitions_def=sessions_parts, deps=[statistics],
+              kinds={"litellm"},
+              check_specs=[dg.AssetCheckSpec(GROUNDED_CHECK, asset=[*prefix, "synthesis"],
+                                             description="Every number in the synthesis matches a computed "
+                                                         "statistic; every quotation occurs in a document.")],
+              description="An LLM narrates the computed statistics (results/synthesis.md and .html); its "
+                          "numbers and quotations are checked afterwards.")
+    def synthesis(context: dg.AssetExecutionContext, llm: LLMGateway) -> dg.MaterializeResult:
+        outcome = synthesis_step.run_synthesis(ctx_for(context.partition_key), llm, _reporter(context))
+        summary = outcome.grounding.summary()
+        unmatched = [f"number {n.text.strip()}" for n in outcome.grounding.unmatched_numbers] + [
+            f"quotation \"{q.text[:80]}\"" for q in outcome.grounding.unmatched_quotes]
+        return dg.MaterializeResult(
+            metadata={"model": outcome.model, "path": dg.MetadataValue.path(str(outcome.markdown_path)),
+                      "html": dg.MetadataValue.path(str(outcome.html_path)), **summary},
+            check_results=[dg.AssetCheckResult(
+                check_name=GROUNDED_CHECK, passed=outcome.grounded, severity=dg.AssetCheckSeverity.WARN,
+                metadata={**summary, "failed": outcome.failed or "", "unmatched": unmatched[:50]})])
+
+    @dg.asset(key=[*prefix, "report"], group_name=group, partitions_def=sessions_parts, deps=[synthesis],
               kinds={"markdown"}, description="A Markdown summary of the session in results/report.md.")
     def report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         ctx = ctx_for(context.partition_key)
@@ -206,13 +253,14 @@ def build_experiment_defs(experiment: ExperimentLayout) -> ExperimentDefs:
                                         partitions_def=documents_parts)
     per_document_job = dg.define_asset_job(f"{group}__per_document_job", selection=[analysis, extraction],
                                            partitions_def=per_doc)
-    session_job = dg.define_asset_job(f"{group}__session_job", selection=[scores, metrics, report],
+    session_job = dg.define_asset_job(f"{group}__session_job",
+                                      selection=[scores, metrics, statistics, synthesis, report],
                                       partitions_def=sessions_parts)
     return ExperimentDefs(
         experiment=experiment, group=group,
         documents_partitions=str(documents_parts.name), sessions_partitions=str(sessions_parts.name),
         documents_job=documents_job.name, per_document_job=per_document_job.name,
         session_job=session_job.name,
-        assets=[documents, analysis, extraction, scores, metrics, report],
+        assets=[documents, analysis, extraction, scores, metrics, statistics, synthesis, report],
         jobs=[documents_job, per_document_job, session_job], schedules=[],
     )

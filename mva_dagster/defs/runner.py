@@ -9,6 +9,7 @@ only if another corpus interleaved them; each contiguous stretch is one run).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -16,6 +17,7 @@ import dagster as dg
 from mva_dagster.defs.factory import SESSION_TAG, ExperimentDefs
 from mva_dagster.errors import SessionError
 from mva_dagster.sessions.chronolog import Chronolog
+from mva_dagster.sessions.crashpoints import crash_point
 from mva_dagster.sessions.layout import SessionLayout
 from mva_dagster.sessions.manager import load_manifest, set_status
 
@@ -57,12 +59,24 @@ def register_partitions(instance: dg.DagsterInstance, bundle: ExperimentDefs, la
 
 def run_session(layout: SessionLayout, bundle: ExperimentDefs, definitions: dg.Definitions,
                 instance: dg.DagsterInstance, *, terminal: bool = True,
-                steps: tuple[str, ...] = ("documents", "per_document", "session")) -> SessionRun:
+                steps: tuple[str, ...] = ("documents", "per_document", "session"),
+                assets: Collection[str] | None = None, documents: Collection[str] | None = None) -> SessionRun:
+    """Materialize the session. ``assets`` (names such as 'extraction') and ``documents`` narrow it
+    for `mva resume`: only those assets, and per-document runs only over stretches that hold one of
+    ``documents`` (documents in between are re-materialized from the archive, at $0)."""
     manifest = load_manifest(layout)
     session_id = manifest.session_id
     segments = register_partitions(instance, bundle, layout)
     if not segments:
         raise SessionError(f"session {session_id} has no documents")
+    if documents is not None:
+        wanted = set(documents)
+        trimmed = []
+        for seg in segments:
+            hits = [i for i, doc in enumerate(seg) if doc in wanted]
+            if hits:
+                trimmed.append(seg[hits[0]:hits[-1] + 1])
+        segments = trimmed
     tags = {SESSION_TAG: session_id, "mva/project": manifest.project, "mva/experiment": manifest.experiment}
     if terminal:
         tags["mva/progress"] = "terminal"
@@ -72,9 +86,26 @@ def run_session(layout: SessionLayout, bundle: ExperimentDefs, definitions: dg.D
 
     def execute(job_name: str, extra_tags: dict[str, str], partition_key: str | None = None) -> None:
         job = definitions.resolve_job_def(job_name)
+        if assets is None:
+            run(job_name, job, None, extra_tags, partition_key)
+            return
+        # The experiment's assets are defined in dependency order. A selection with a hole (a step
+        # left out between two chosen ones) would lose that order in one run: each unbroken stretch
+        # of chosen steps is its own run, in order.
+        batches: list[list[dg.AssetKey]] = [[]]
+        for key in (a.key for a in bundle.assets if a.key in job.asset_layer.selected_asset_keys):
+            if key.path[-1] in assets:
+                batches[-1].append(key)
+            elif batches[-1]:
+                batches.append([])
+        for batch in (b for b in batches if b):
+            run(job_name, job, batch, extra_tags, partition_key)
+
+    def run(job_name: str, job: dg.JobDefinition, selection: list[dg.AssetKey] | None,
+            extra_tags: dict[str, str], partition_key: str | None) -> None:
         outcome = job.execute_in_process(instance=instance, tags={**tags, **extra_tags},
                                          partition_key=partition_key, run_config=QUIET,
-                                         raise_on_error=False)
+                                         raise_on_error=False, asset_selection=selection)
         result.run_ids.append(outcome.run_id)
         chronolog.append("DAGSTER_RUN_FINISHED", {"job": job_name, "run_id": outcome.run_id,
                                                   "success": outcome.success})
@@ -96,6 +127,7 @@ def run_session(layout: SessionLayout, bundle: ExperimentDefs, definitions: dg.D
                 execute(bundle.per_document_job, {RANGE_START: f"{seg[0]}|{session_id}",
                                                   RANGE_END: f"{seg[-1]}|{session_id}"})
         if "session" in steps:
+            crash_point("runner.before_session_job")
             execute(bundle.session_job, {}, partition_key=session_id)
     except BaseException:
         if load_manifest(layout).status == "running":

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from mva_dagster.errors import SpecError
 
 DEFAULT_REGISTRY_PATH = Path(__file__).with_name("models.yaml")
+REGISTRY_ENV = "MVA_MODEL_REGISTRY"  # another models.yaml: your account's quotas, without editing the package
 
 Provider = Literal["vertex_ai", "gemini", "anthropic", "openai", "local"]
 
@@ -41,6 +42,10 @@ class ModelEntry(BaseModel):
     tpm: int = Field(gt=0)
     timeout_s: float = Field(gt=0)
     max_concurrency: int = Field(gt=0)
+    allowed_fails: int = Field(
+        default=3, ge=1, description="5xx/timeouts in a cooldown window before the proxy's circuit opens"
+    )
+    cooldown_s: float = Field(default=15.0, gt=0, description="how long the circuit stays open")
     structured_output: bool = False
     notes: str = ""
 
@@ -52,6 +57,20 @@ class ModelEntry(BaseModel):
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         """What a call with these token counts costs at list price (USD)."""
         return prompt_tokens * self.input_cost_per_token + completion_tokens * self.output_cost_per_token
+
+    @property
+    def client_concurrency(self) -> int:
+        """Calls a client keeps in flight: the registry's cap, never more than the rpm allows."""
+        return max(1, min(self.max_concurrency, self.rpm))
+
+    @property
+    def client_rpm(self) -> int:
+        """Requests a client starts per 60 s: one under ``rpm``.
+
+        Measured with LiteLLM 1.108.7: a deployment with ``rpm: 20`` admitted 19 requests per window
+        and held the 20th for the next one (~60 s), so pacing at rpm - 1 never trips that wait.
+        """
+        return max(1, self.rpm - 1)
 
 
 class Registry(BaseModel):
@@ -102,7 +121,9 @@ class Registry(BaseModel):
 
 
 def load_registry(path: str | Path | None = None) -> Registry:
-    """Read and validate ``models.yaml`` (the packaged one by default)."""
+    """Read and validate ``models.yaml`` (``$MVA_MODEL_REGISTRY``, else the packaged one)."""
+    if path is None and os.environ.get(REGISTRY_ENV):
+        path = os.environ[REGISTRY_ENV]
     file = Path(path) if path is not None else DEFAULT_REGISTRY_PATH
     try:
         raw = yaml.safe_load(file.read_text(encoding="utf-8"))

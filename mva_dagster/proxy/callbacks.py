@@ -12,7 +12,8 @@ credential is ever read into a record.
 
 :func:`user_api_key_auth` is the proxy's ``custom_auth``. Without a database, LiteLLM 1.108.7 answers
 a request without a key with 500 (its error path imports the absent ``prisma``) and one with a wrong
-key with 400 ("No connected db"); this check answers both with 401 and accepts only the master key.
+key with 400 ("No connected db"); this check answers both with 401 and accepts the master key and
+the keys of the key table (``keys.py``), each of those with its own rate limits.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from litellm.types.proxy.auth.user_api_key_auth import UserAPIKeyAuth
 from litellm.types.proxy.auth.user_roles import LitellmUserRoles
 
 from mva_dagster.proxy.config import LEDGER_ENV, MASTER_KEY_ENV, REQUEST_KEY_HEADER
+from mva_dagster.proxy.keys import KeySpec, active_keys, auth_fields, load_key_table
 
 _MAX_ERROR_CHARS = 500
 
@@ -130,20 +132,40 @@ class MvaProxyLedger(CustomLogger):
 proxy_handler_instance = MvaProxyLedger()
 
 
-async def user_api_key_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
-    """Admit the master key (constant-time compare), refuse anything else with 401.
+_key_table: dict[str, KeySpec] | None = None
 
-    The accepted identity carries LiteLLM's alias for the master key, never the key itself, so
-    nothing downstream (logs, callbacks, rate-limit buckets) can see it.
+
+def _keys() -> dict[str, KeySpec]:
+    """The active key table, read once per proxy process (restart the proxy after editing it)."""
+    global _key_table
+    if _key_table is None:
+        _key_table = active_keys(load_key_table())
+    return _key_table
+
+
+async def user_api_key_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
+    """Admit the master key and the keys of the key table (constant-time compares); 401 otherwise.
+
+    The master key's identity is LiteLLM's alias for it, and a table key's identity is its sha256
+    plus its name, never the key itself, so nothing downstream (logs, callbacks, rate-limit
+    buckets, Redis) can see a key. A table key carries its rpm/tpm/parallel limits: LiteLLM's rate
+    limiter enforces them and answers 429 with ``retry-after`` when a key is over its limit.
     """
     expected = os.environ.get(MASTER_KEY_ENV, "")
-    given = api_key or ""
-    if expected and given and secrets.compare_digest(given.encode("utf-8"), expected.encode("utf-8")):
+    given = (api_key or "").encode("utf-8")
+    if expected and given and secrets.compare_digest(given, expected.encode("utf-8")):
         return UserAPIKeyAuth(api_key=LITELLM_PROXY_MASTER_KEY_ALIAS, user_role=LitellmUserRoles.PROXY_ADMIN)
+    if given:
+        match = None
+        for value, spec in _keys().items():  # compare against every key: timing says nothing
+            if secrets.compare_digest(given, value.encode("utf-8")):
+                match = (value, spec)
+        if match is not None:
+            return UserAPIKeyAuth(**auth_fields(match[1], match[0]))
     raise HTTPException(
         status_code=401,
-        detail="missing or wrong proxy key: send 'Authorization: Bearer <master key>' "
-        "(mva_dagster.proxy.process.master_key())",
+        detail="missing or wrong proxy key: send 'Authorization: Bearer <key>' with the master key "
+        "(mva_dagster.proxy.process.master_key()) or a key of the key table (mva_dagster/proxy/keys.yaml)",
     )
 
 

@@ -34,6 +34,8 @@ Mode = Literal["real", "local", "simulated"]
 MODES: tuple[Mode, ...] = ("real", "local", "simulated")
 
 CALLBACK_INSTANCE = "mva_dagster.proxy.callbacks.proxy_handler_instance"
+# Keeps each keyed answer until the client archived it (see proxy/journal.py).
+JOURNAL_INSTANCE = "mva_dagster.proxy.journal_callback.answer_journal_instance"
 CUSTOM_AUTH = "mva_dagster.proxy.callbacks.user_api_key_auth"
 MASTER_KEY_ENV = "LITELLM_MASTER_KEY"
 LEDGER_ENV = "MVA_PROXY_LEDGER"  # where callbacks.py (inside the proxy) appends its ledger lines
@@ -55,6 +57,21 @@ SIMULATED_API_KEY = "sim-no-key"
 LOCAL_API_KEY = "local-no-key"
 
 DEFAULT_NUM_RETRIES = 3  # over-limit requests then wait for the rpm/tpm window instead of failing
+REDIS_URL_ENV = "MVA_REDIS_URL"  # e.g. redis://127.0.0.1:6379/0: share limits between proxies
+REDIS_PASSWORD_ENV = "MVA_REDIS_PASSWORD"  # referenced as os.environ/..., never written into the config
+
+# Retries the proxy makes itself, by error type. Rate limits are retried after the upstream's
+# Retry-After (measured: LiteLLM honours `retry-after` on a 429 from the upstream); server errors
+# and timeouts get fewer, because the gateway retries them again with its own, visible backoff.
+RETRY_POLICY: dict[str, int] = {
+    "RateLimitErrorRetries": DEFAULT_NUM_RETRIES,
+    "InternalServerErrorRetries": 2,
+    "ServiceUnavailableErrorRetries": 2,
+    "TimeoutErrorRetries": 1,
+    "BadRequestErrorRetries": 0,
+    "AuthenticationErrorRetries": 0,
+    "ContentPolicyViolationErrorRetries": 0,
+}
 
 
 class RenderedConfig(NamedTuple):
@@ -72,6 +89,7 @@ def render_proxy_config(
     upstream_url: str | None,
     extra: dict[str, Any] | None = None,
     num_retries: int = DEFAULT_NUM_RETRIES,
+    redis_url: str | None = None,
 ) -> dict[str, Any]:
     """The proxy config (a dict ready for YAML) serving ``aliases`` in ``mode``.
 
@@ -79,6 +97,8 @@ def render_proxy_config(
     and its other names are mapped to it (``model_group_alias``). ``upstream_url`` is the provider
     server for ``simulated``/``local``; in ``real`` mode it is the local server for ``local``-provider
     entries, which are left out when it is None (real mode needs no local server).
+    ``redis_url`` (default ``$MVA_REDIS_URL``; ``""`` for none) makes every proxy on that Redis share
+    per-key limits exactly (``coordination_redis``) and deployment usage approximately (router cache).
     ``extra`` is deep-merged last, for the rare setting this function does not know.
     """
     if mode not in MODES:
@@ -108,14 +128,17 @@ def render_proxy_config(
             "routing_strategy": "usage-based-routing-v2",
             "enable_pre_call_checks": True,  # enforces rpm/tpm and context windows before sending
             "num_retries": num_retries,
+            "retry_policy": {k: min(v, num_retries) for k, v in RETRY_POLICY.items()},
             "retry_after": 0,  # no extra sleep on top of the rate-limit wait
+            # The circuit breaker: each deployment's model_info carries its allowed_fails_policy and
+            # cooldown_time (from models.yaml); these are the defaults for anything else.
             "allowed_fails": 3,
-            "cooldown_time": 30,
+            "cooldown_time": max(entry.cooldown_s for entry in entries.values()),
             "model_group_alias": group_alias,
         },
         "litellm_settings": {
             "drop_params": True,  # a provider that lacks a param ignores it instead of failing the call
-            "callbacks": [CALLBACK_INSTANCE],
+            "callbacks": [CALLBACK_INSTANCE, JOURNAL_INSTANCE],
             "request_timeout": max(entry.timeout_s for entry in entries.values()),
         },
         "general_settings": {
@@ -124,6 +147,17 @@ def render_proxy_config(
             "custom_auth": CUSTOM_AUTH,
         },
     }
+    redis = _redis_settings(os.environ.get(REDIS_URL_ENV, "") if redis_url is None else redis_url)
+    if redis:
+        # Per-key limits are exact across proxies only through coordination_redis (measured); the
+        # router's cache in Redis shares deployment rpm/tpm usage too, though only approximately.
+        config["general_settings"]["coordination_redis"] = dict(redis)
+        config["router_settings"].update({f"redis_{k}": v for k, v in redis.items() if k != "db"})
+    if mode != "real":
+        # Our own upstreams (simulated, local) receive the client's x-* headers, so the simulated
+        # provider's ledger records x-mva-request-key (crash tests join it to the archive). Real
+        # providers are not sent our session and document ids.
+        config["general_settings"]["forward_client_headers_to_llm_api"] = True
     if extra:
         _deep_merge(config, copy.deepcopy(extra))
     return config
@@ -139,10 +173,17 @@ def render_proxy_config_file(
     extra: dict[str, Any] | None = None,
     num_retries: int = DEFAULT_NUM_RETRIES,
     filename: str = "proxy_config.yaml",
+    redis_url: str | None = None,
 ) -> RenderedConfig:
     """Write :func:`render_proxy_config` as YAML to ``out_dir/filename`` (atomically)."""
     config = render_proxy_config(
-        registry, mode=mode, aliases=aliases, upstream_url=upstream_url, extra=extra, num_retries=num_retries
+        registry,
+        mode=mode,
+        aliases=aliases,
+        upstream_url=upstream_url,
+        extra=extra,
+        num_retries=num_retries,
+        redis_url=redis_url,
     )
     header = f"# Generated by mva_dagster.proxy.config (mode: {mode}). Do not edit; re-render instead.\n"
     text = header + yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
@@ -193,6 +234,17 @@ def _deployment(entry: ModelEntry, mode: Mode, upstream_url: str | None) -> dict
         "input_cost_per_token": input_cost,
         "output_cost_per_token": output_cost,
         "supports_response_schema": entry.structured_output,
+        # The circuit breaker of this deployment: after `allowed_fails` server errors or timeouts,
+        # the proxy stops sending to it for `cooldown_s` and answers 429 "in cooldown" with a
+        # retry-after (measured; without an explicit policy LiteLLM never cools down a model group
+        # of one deployment). Rate limits are left out on purpose: a 429 means wait, not broken.
+        "allowed_fails_policy": {
+            "InternalServerErrorAllowedFails": entry.allowed_fails,
+            "ServiceUnavailableErrorAllowedFails": entry.allowed_fails,
+            "BadGatewayErrorAllowedFails": entry.allowed_fails,
+            "TimeoutErrorAllowedFails": entry.allowed_fails,
+        },
+        "cooldown_time": entry.cooldown_s,
         "mva_provider": entry.provider,
         "mva_mode": mode,
     }
@@ -211,6 +263,35 @@ def _openai_base(upstream_url: str | None, entry: ModelEntry, mode: Mode) -> str
         raise ProxyError(f"upstream_url {upstream_url!r} is not an http(s) URL")
     path = parts.path or "/v1"
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def _redis_settings(url: str) -> dict[str, Any]:
+    """``redis://[:password@]host:port[/db]`` as LiteLLM's connection fields ({} for no Redis).
+
+    A password in the URL is refused: it would be written into the config file. It goes in
+    ``$MVA_REDIS_PASSWORD`` instead and is referenced as ``os.environ/MVA_REDIS_PASSWORD``.
+    """
+    if not url.strip():
+        return {}
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ProxyError(
+            f"{REDIS_URL_ENV}={url!r} is not a redis:// URL", hint="for example redis://127.0.0.1:6379/0"
+        )
+    if parts.password or parts.username:
+        raise ProxyError(
+            f"{REDIS_URL_ENV} must not contain credentials: the URL is written into the proxy config",
+            hint=f"put the password in ${REDIS_PASSWORD_ENV} and leave it out of the URL",
+        )
+    settings: dict[str, Any] = {"host": parts.hostname, "port": parts.port or 6379}
+    db = parts.path.strip("/")
+    if db:
+        if not db.isdigit():
+            raise ProxyError(f"{REDIS_URL_ENV}: database {db!r} is not a number", hint="e.g. redis://host:6379/0")
+        settings["db"] = int(db)
+    if os.environ.get(REDIS_PASSWORD_ENV):
+        settings["password"] = f"os.environ/{REDIS_PASSWORD_ENV}"
+    return settings
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:

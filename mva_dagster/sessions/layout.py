@@ -11,13 +11,20 @@
             ├── llm_archive/            one file per answered call, written before use
             ├── extracted/              one validated (or invalid, kept) record per call
             ├── results/                scores/metrics CSV, session.duckdb, report.md
-            └── logs/
+            ├── logs/                   session.log (+ rotated .gz), failures.jsonl
+            ├── experiment_snapshot.md  only in a linked session made with changed files
+            ├── framework_snapshot.md   (idem): it takes precedence over the experiment's
+            └── legacy/                 only in a migrated session: the legacy files, verbatim
+
+A session started with ``mva resume --allow-changes`` after the framework or experiment changed
+keeps its own snapshots: the experiment-level ones stay those of the earlier sessions, so every
+session can still be replayed from exactly the files it ran with.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mva_dagster.errors import SessionError
@@ -51,8 +58,12 @@ class SessionLayout:
 
     @property
     def experiment(self) -> ExperimentLayout:
-        return ExperimentLayout(self.root.parent.parent)
+        """The experiment, seen from this session: its own snapshots (if any) take precedence."""
+        return ExperimentLayout(self.root.parent.parent, pinned=self.root)
 
+    own_experiment_snapshot = property(lambda self: self.root / "experiment_snapshot.md")
+    own_framework_snapshot = property(lambda self: self.root / "framework_snapshot.md")
+    legacy = property(lambda self: self.root / "legacy")
     manifest = property(lambda self: self.root / "session.json")
     chronolog = property(lambda self: self.root / "session_chronolog.jsonl")
     llm_archive = property(lambda self: self.root / "llm_archive")
@@ -85,6 +96,8 @@ class SessionLayout:
 @dataclass(frozen=True)
 class ExperimentLayout:
     root: Path
+    # The session this experiment is seen from; its own snapshots, when present, win.
+    pinned: Path | None = field(default=None, compare=False)
 
     @property
     def name(self) -> str:
@@ -94,8 +107,16 @@ class ExperimentLayout:
     def project(self) -> ProjectLayout:
         return ProjectLayout(self.root.parent.parent)
 
-    experiment_snapshot = property(lambda self: self.root / "experiment_snapshot.md")
-    framework_snapshot = property(lambda self: self.root / "framework_snapshot.md")
+    shared_experiment_snapshot = property(lambda self: self.root / "experiment_snapshot.md")
+    shared_framework_snapshot = property(lambda self: self.root / "framework_snapshot.md")
+
+    def _pinned_or_shared(self, name: str) -> Path:
+        if self.pinned is not None and (self.pinned / name).is_file():
+            return self.pinned / name
+        return self.root / name
+
+    experiment_snapshot = property(lambda self: self._pinned_or_shared("experiment_snapshot.md"))
+    framework_snapshot = property(lambda self: self._pinned_or_shared("framework_snapshot.md"))
     sessions_dir = property(lambda self: self.root / "sessions")
 
     def session(self, session_id: str) -> SessionLayout:

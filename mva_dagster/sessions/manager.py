@@ -1,7 +1,10 @@
 """Create and load sessions: the manifest that says what a session is, and its snapshots.
 
 A session is created once, before any call, and everything later (assets, resume, replay) reads
-its ``session.json`` rather than the researcher's files, which may change afterwards.
+its ``session.json`` rather than the researcher's files, which may change afterwards. A changed
+framework or experiment is refused with a readable diff; ``mva resume --allow-changes`` instead
+makes a new session *linked* to the old one (both manifests and the chronologs record the link),
+which keeps its own snapshots and reuses the old session's archive for every unchanged call.
 """
 
 from __future__ import annotations
@@ -37,8 +40,17 @@ class DocumentEntry(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
+class SessionLink(BaseModel):
+    """One end of a link between a session and the session it was resumed from with changes."""
+
+    session_id: str
+    path: str
+    at: str
+    changes: list[str] = Field(default_factory=list, description="What differed, one line each.")
+
+
 class SessionManifest(BaseModel):
-    """What a session is. Written once at creation; ``status`` is the only field that changes."""
+    """What a session is. Written once at creation; only ``status`` and ``linked_sessions`` change."""
 
     session_id: str
     project: str
@@ -62,6 +74,11 @@ class SessionManifest(BaseModel):
     corpus_sha256: str
     documents: list[DocumentEntry]
     software: dict[str, str] = Field(default_factory=dict)
+    linked_from: SessionLink | None = Field(
+        default=None, description="The session this one continues with changed files; its archive is reused.")
+    linked_sessions: list[SessionLink] = Field(
+        default_factory=list, description="Sessions started from this one with --allow-changes.")
+    migrated_from: str | None = Field(default=None, description="The legacy folder this session came from.")
 
     def document(self, document_id: str) -> DocumentEntry:
         for entry in self.documents:
@@ -110,24 +127,44 @@ def new_session_id(experiment: ExperimentLayout, now: datetime | None = None) ->
     return candidate
 
 
-def write_snapshot(target: Path, source: Path, *, label: str) -> str:
-    """Copy ``source`` to ``target`` unless an identical snapshot exists; refuse a silent change."""
-    text = source.read_text(encoding="utf-8")
+def readable_diff(old: str, new: str, *, old_label: str, new_label: str, limit: int = 4000) -> str:
+    """A unified diff short enough to read in a terminal."""
+    diff = "".join(difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
+                                        fromfile=old_label, tofile=new_label, n=1))
+    if diff and not diff.endswith("\n"):
+        diff += "\n"
+    return diff if len(diff) < limit else diff[:limit] + "\n... (diff truncated)\n"
+
+
+def snapshot_diff(snapshot: Path, source: Path, *, label: str) -> str | None:
+    """The diff between a snapshot and the researcher's file now, or None when they are identical."""
+    old = snapshot.read_text(encoding="utf-8")
+    new = source.read_text(encoding="utf-8")
+    if old == new:
+        return None
+    return readable_diff(old, new, old_label=f"{label} (snapshot: {snapshot})", new_label=f"{label} (now: {source})")
+
+
+def write_snapshot(target: Path, source: Path, *, label: str, changed_to: Path | None = None) -> Path:
+    """Copy ``source`` to ``target`` unless an identical snapshot exists; refuse a silent change.
+
+    With ``changed_to`` (a linked session's own snapshot path), a changed file is snapshotted there
+    instead, leaving the earlier sessions' snapshot untouched. Returns the snapshot that applies.
+    """
     if target.exists():
-        old = target.read_text(encoding="utf-8")
-        if old != text:
-            diff = "".join(difflib.unified_diff(
-                old.splitlines(keepends=True), text.splitlines(keepends=True),
-                fromfile=f"{label} (snapshot of earlier sessions)", tofile=f"{label} ({source})", n=1))
-            shown = diff if len(diff) < 4000 else diff[:4000] + "\n... (diff truncated)\n"
+        diff = snapshot_diff(target, source, label=label)
+        if diff is None:
+            return target
+        if changed_to is None:
             raise SessionError(
-                f"the {label} changed since this experiment's earlier sessions:\n{shown}",
-                hint="restore the file, or run the changed version as a new experiment "
-                     "(a different experiment name) so both stay reproducible",
+                f"the {label} changed since this experiment's earlier sessions:\n{diff}",
+                hint="restore the file; or resume the earlier session with `mva resume SESSION_DIR "
+                     "--allow-changes` (a new linked session that reuses every unchanged answer); or "
+                     "run the changed version as a new experiment (a different experiment name)",
             )
-    else:
-        atomic_write_text(target, text)
-    return sha256_file(target)
+        target = changed_to
+    atomic_write_text(target, source.read_text(encoding="utf-8"))
+    return target
 
 
 def write_snapshot_index(experiment: ExperimentLayout) -> None:
@@ -156,19 +193,39 @@ def create_session(
     generation: dict[str, Any],
     prompt_metadata: list[str],
     provider: Provider,
+    linked_from: SessionLayout | None = None,
+    changes: list[str] | None = None,
 ) -> SessionLayout:
-    """Make the session tree, snapshots and manifest, and log SESSION_STARTED in both chronologs."""
+    """Make the session tree, snapshots and manifest, and log SESSION_STARTED in both chronologs.
+
+    ``linked_from`` (``mva resume --allow-changes``) makes a session that may differ from the
+    experiment's snapshots: changed files are snapshotted into the new session's folder, and the
+    link (with ``changes``, one line each) is recorded in both manifests and the chronologs.
+    """
     project = ProjectLayout(project_dir.resolve())
     check_safe_name(project.name, "project name")
     experiment = project.experiment(experiment_name)
     experiment.root.mkdir(parents=True, exist_ok=True)
-    experiment_sha = write_snapshot(experiment.experiment_snapshot, experiment_file, label="experiment")
-    framework_sha = write_snapshot(experiment.framework_snapshot, framework_file, label="framework")
-    write_snapshot_index(experiment)
-
     session_id = new_session_id(experiment)
     layout = experiment.session(session_id)
-    layout.create_dirs()
+    if linked_from is None:  # a changed file is refused before anything of the new session exists
+        experiment_snapshot = write_snapshot(experiment.shared_experiment_snapshot, experiment_file,
+                                             label="experiment")
+        framework_snapshot = write_snapshot(experiment.shared_framework_snapshot, framework_file,
+                                            label="framework")
+        layout.create_dirs()
+    else:
+        layout.create_dirs()
+        experiment_snapshot = write_snapshot(experiment.shared_experiment_snapshot, experiment_file,
+                                             label="experiment", changed_to=layout.own_experiment_snapshot)
+        framework_snapshot = write_snapshot(experiment.shared_framework_snapshot, framework_file,
+                                            label="framework", changed_to=layout.own_framework_snapshot)
+    experiment_sha, framework_sha = sha256_file(experiment_snapshot), sha256_file(framework_snapshot)
+    write_snapshot_index(experiment)
+    link = None
+    if linked_from is not None:
+        link = SessionLink(session_id=linked_from.session_id, path=str(linked_from.root), at=utc_now(),
+                           changes=list(changes or []))
     manifest = SessionManifest(
         session_id=session_id, project=project.name, experiment=experiment.name, created_at=utc_now(),
         provider=provider, models=models, model_override=model_override, runs_per_model=runs_per_model,
@@ -177,7 +234,7 @@ def create_session(
         framework_source=str(framework_file.resolve()), framework_sha256=framework_sha,
         framework_name=framework_name, framework_version=framework_version,
         corpus_path=str(corpus_path.resolve()), corpus_sha256=corpus_sha256, documents=documents,
-        software=software_versions(),
+        software=software_versions(), linked_from=link,
     )
     save_manifest(layout, manifest)
     fingerprints = {"experiment_snapshot.md": experiment_sha, "framework_snapshot.md": framework_sha}
@@ -185,9 +242,48 @@ def create_session(
     data = {"session_id": session_id, "session_path": str(layout.root), "asset_fingerprints": fingerprints,
             "models": models, "runs_per_model": runs_per_model, "provider": provider,
             "documents": len(documents)}
+    if link is not None:
+        data["linked_from"] = link.session_id
     Chronolog(project.chronolog, project=project.name).append("SESSION_STARTED", data, session_id=session_id)
     Chronolog(layout.chronolog, project=project.name, session_id=session_id).append("SESSION_STARTED", data)
+    if linked_from is not None and link is not None:
+        record_link(linked_from, layout, link)
     return layout
+
+
+def record_link(parent: SessionLayout, child: SessionLayout, link: SessionLink) -> None:
+    """Note in the parent's manifest and in all three chronologs that ``child`` continues ``parent``."""
+    manifest = load_manifest(parent)
+    manifest.linked_sessions.append(SessionLink(session_id=child.session_id, path=str(child.root),
+                                                at=link.at, changes=link.changes))
+    save_manifest(parent, manifest)
+    data = {"from_session": parent.session_id, "to_session": child.session_id, "changes": link.changes,
+            "reuses_archive_of": parent.session_id}
+    project = child.experiment.project
+    Chronolog(project.chronolog, project=project.name).append("SESSION_LINKED", data,
+                                                               session_id=child.session_id)
+    Chronolog(parent.chronolog, project=project.name, session_id=parent.session_id).append("SESSION_LINKED", data)
+    Chronolog(child.chronolog, project=project.name, session_id=child.session_id).append("SESSION_LINKED", data)
+
+
+def linked_ancestors(layout: SessionLayout) -> list[SessionLayout]:
+    """The sessions this one was linked from, nearest first (their archives answer unchanged calls)."""
+    chain: list[SessionLayout] = []
+    seen = {layout.root.resolve()}
+    current = layout
+    while True:
+        try:
+            link = load_manifest(current).linked_from
+        except SessionError:
+            return chain
+        if link is None:
+            return chain
+        parent = SessionLayout(Path(link.path))
+        if parent.root.resolve() in seen or not parent.manifest.is_file():
+            return chain
+        seen.add(parent.root.resolve())
+        chain.append(parent)
+        current = parent
 
 
 def session_summary(layout: SessionLayout) -> dict[str, Any]:

@@ -34,7 +34,7 @@ _KNOWN_KEYS = {
     "name", "description", "hypothesis", "hypotheses", "framework", "framework_file", "corpus",
     "models", "num_runs", "runs_per_model", "analysis_variant", "statistical_plan", "schedule",
     "budget", "prompt_metadata", "generation", "workflow", "definition_of_success", "metadata",
-    "components",
+    "components", "alerts", "synthesis_model", "extraction_model", "fallbacks",
 }  # fmt: skip
 _CRON_FIELDS = (
     ("minute", 0, 59),
@@ -68,8 +68,21 @@ class Experiment(BaseModel):
     statistical_plan: list[Any] = Field(default_factory=list)
     schedule: str | None = None
     budget: float | None = Field(default=None, description="USD cap for one session, or None.")
+    experiment_budget: float | None = Field(default=None, description="USD cap for all sessions of it.")
+    project_budget: float | None = Field(default=None, description="USD cap for the whole project.")
+    budget_webhook: str | None = Field(default=None, description="URL POSTed budget alerts (50/80/100 %).")
+    fallbacks: dict[str, list[str]] = Field(
+        default_factory=dict, description="model -> models the proxy may answer with when it fails (recorded)."
+    )
     prompt_metadata: list[str] = Field(default_factory=list)
     generation: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_GENERATION))
+    alerts: list[str] = Field(
+        default_factory=list, description="Threshold rules such as 'fear_score > 0.8' (calc/formula syntax)."
+    )
+    synthesis_model: str | None = Field(default=None, description="Writes the synthesis; default: models[0].")
+    extraction_model: str | None = Field(
+        default=None, description="Transforms answers the parser cannot read; default gemini-2.5-flash."
+    )
     raw: dict[str, Any] = Field(default_factory=dict, repr=False)
     warnings: list[str] = Field(default_factory=list)
 
@@ -281,6 +294,61 @@ def _budget(value: Any, file: Path) -> float | None:
     return float(value)
 
 
+def _budgets(value: Any, file: Path) -> dict[str, Any]:
+    """``budget: 5`` (the session) or a mapping of session / experiment / project / webhook."""
+    if not isinstance(value, dict):
+        return {"session": _budget(value, file)}
+    unknown = sorted(set(map(str, value)) - {"session", "experiment", "project", "webhook"})
+    if unknown:
+        raise _err(f"unknown keys {unknown}", file, "budget",
+                   hint="budget: {session: 5.00, experiment: 50.00, project: 200.00, webhook: https://...}")
+    out: dict[str, Any] = {level: _budget(value.get(level), file) for level in ("session", "experiment", "project")}
+    hook = value.get("webhook")
+    if hook is not None and not (isinstance(hook, str) and re.match(r"^https?://\S+$", hook.strip())):
+        raise _err(f"webhook must be an http(s) URL, got {hook!r}", file, "budget.webhook")
+    out["webhook"] = hook.strip() if isinstance(hook, str) else None
+    return out
+
+
+def _fallbacks(value: Any, file: Path) -> dict[str, list[str]]:
+    """``fallbacks: {gemini-2.5-pro: [gemini-2.5-flash]}``: the only way a call may change model."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _err("must be a mapping of model -> list of fallback models", file, "fallbacks",
+                   hint="fallbacks:\n  gemini-2.5-pro: [gemini-2.5-flash]")
+    out: dict[str, list[str]] = {}
+    for model, targets in value.items():
+        if isinstance(targets, str):
+            targets = [targets]
+        if not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t.strip() for t in targets):
+            raise _err(f"{model}: must be a non-empty list of model names", file, "fallbacks")
+        out[str(model).strip()] = [t.strip() for t in targets]
+    return out
+
+
+def _alerts(value: Any, file: Path) -> list[str]:
+    """Alert rules, checked for syntax now so a typo fails at load, not after the first paid call.
+
+    Whether each rule's names exist is checked when a session starts, against the output contract.
+    """
+    from mva_dagster.calc.formula import parse_formula
+    from mva_dagster.errors import FormulaError
+
+    rules = _str_list(value, file, "alerts")
+    for i, rule in enumerate(rules):
+        try:
+            parse_formula(rule, name=f"alerts[{i}]")
+        except FormulaError as exc:
+            raise _err(
+                f"rule {rule!r} is not a valid condition: {exc.message.split(': ', 1)[-1]}",
+                file,
+                f"alerts[{i}]",
+                hint=exc.hint or "write a comparison such as 'fear_score > 0.8' (see docs/observability.md)",
+            ) from exc
+    return rules
+
+
 def _generation(value: Any, file: Path) -> dict[str, Any]:
     if value is None:
         value = {}
@@ -375,7 +443,14 @@ def load_experiment(
     plan = data.get("statistical_plan") or []
     if not isinstance(plan, list):
         raise _err("must be a list of tests", file, "statistical_plan")
+    synthesis_model = data.get("synthesis_model")
+    if synthesis_model is not None and not (isinstance(synthesis_model, str) and synthesis_model.strip()):
+        raise _err(f"must be a model alias, got {synthesis_model!r}", file, "synthesis_model")
+    extraction_model = data.get("extraction_model")
+    if extraction_model is not None and not (isinstance(extraction_model, str) and extraction_model.strip()):
+        raise _err(f"must be a model alias, got {extraction_model!r}", file, "extraction_model")
 
+    budgets = _budgets(data.get("budget"), file)
     return Experiment(
         name=_name(data, base, file),
         description=str(description).strip(),
@@ -392,9 +467,16 @@ def load_experiment(
         hypotheses=_hypotheses(data, file),
         statistical_plan=plan,
         schedule=_cron(data.get("schedule"), file),
-        budget=_budget(data.get("budget"), file),
+        budget=budgets["session"],
+        experiment_budget=budgets.get("experiment"),
+        project_budget=budgets.get("project"),
+        budget_webhook=budgets.get("webhook"),
+        fallbacks=_fallbacks(data.get("fallbacks"), file),
         prompt_metadata=_str_list(data.get("prompt_metadata"), file, "prompt_metadata"),
         generation=_generation(data.get("generation"), file),
+        alerts=_alerts(data.get("alerts"), file),
+        synthesis_model=synthesis_model.strip() if synthesis_model else None,
+        extraction_model=extraction_model.strip() if extraction_model else None,
         raw=original,
         warnings=warnings,
     )

@@ -68,6 +68,9 @@ class OutputContract(BaseModel):
     schema_: dict[str, Any] = Field(alias="schema")
     instructions: str = ""
     embedded_csv_requirements: dict[str, Any] = Field(default_factory=dict)
+    required: list[str] | None = Field(
+        default=None, description="Fields an answer must have; None means all (v4/v5 contracts)."
+    )
 
     def field_types(self, name: str) -> set[str]:
         """The JSON types a field may take ('null' included when the contract allows it)."""
@@ -217,7 +220,25 @@ def _contract(raw: Any, *, file: Path, field: str, default_instructions: str | N
     csv = raw.get("embedded_csv_requirements") or {}
     if not isinstance(csv, dict):
         raise SpecError("must be an object", file=file, field=f"{field}.embedded_csv_requirements")
-    return OutputContract(schema=schema, instructions=instructions, embedded_csv_requirements=csv)
+    for name, block in csv.items():
+        where = f"{field}.embedded_csv_requirements.{name}"
+        if not isinstance(block, dict):
+            raise SpecError("must be an object with delimiter_start and delimiter_end", file=file, field=where)
+        for key in ("delimiter_start", "delimiter_end"):
+            if not isinstance(block.get(key), str) or not block[key].strip():
+                raise SpecError(f"missing '{key}' (the exact line that opens/closes the CSV block)",
+                                file=file, field=f"{where}.{key}",
+                                hint='e.g. "<<<DISCERNUS_SCORES_CSV_v1>>>" and "<<<END_DISCERNUS_SCORES_CSV_v1>>>"')
+    required = raw.get("required")
+    if required is not None:
+        if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+            raise SpecError("must be a list of field names", file=file, field=f"{field}.required")
+        unknown = [r for r in required if r not in schema]
+        if unknown:
+            raise SpecError(f"names fields the schema does not have: {', '.join(unknown)}",
+                            file=file, field=f"{field}.required")
+    return OutputContract(schema=schema, instructions=instructions, embedded_csv_requirements=csv,
+                          required=required)
 
 
 def _variants(raw: Any, *, file: Path) -> dict[str, AnalysisVariant]:
@@ -362,9 +383,10 @@ def _v10_contract(config: dict[str, Any], file: Path) -> OutputContract:
         raise SpecError("must be a JSON-Schema object with 'properties'", file=file, field="output_schema")
     definitions = {**(schema.get("definitions") or {}), **(schema.get("$defs") or {})}
     props = _resolve_refs(schema["properties"], definitions, file=file)
-    return _contract(
-        {"schema": props}, file=file, field="output_schema", default_instructions=DEFAULT_INSTRUCTIONS
-    )
+    contract: dict[str, Any] = {"schema": props}
+    if "required" in schema:
+        contract["required"] = schema["required"]
+    return _contract(contract, file=file, field="output_schema", default_instructions=DEFAULT_INSTRUCTIONS)
 
 
 def _v10_formulas(config: dict[str, Any], file: Path) -> Any:
@@ -476,6 +498,9 @@ def load_framework(path: str | Path) -> Framework:
         dims = config.get("dimensions") or []
         if not isinstance(dims, list) or not all(isinstance(d, dict) for d in dims):
             raise SpecError("must be a list of objects", file=file, field="dimensions")
+        for i, dim in enumerate(dims):
+            if not isinstance(dim.get("name"), str) or not dim["name"].strip():
+                raise SpecError("each dimension needs a 'name'", file=file, field=f"dimensions[{i}]")
         dimensions = dims
 
     groups = config.get("dimension_groups") or {}

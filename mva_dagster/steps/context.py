@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from mva_dagster.errors import SessionError
-from mva_dagster.extraction.schema import contract_json_schema
+from mva_dagster.errors import SessionError, SpecError
+from mva_dagster.extraction.derive import DerivedContract, derive_contract
+from mva_dagster.extraction.schema import describe_schema
+from mva_dagster.extraction.shape import RecordShape
 from mva_dagster.fsutil import sha256_file
 from mva_dagster.records import LLMRequest
 from mva_dagster.sessions.layout import SessionLayout
@@ -43,8 +45,41 @@ class SessionContext:
         return load_framework(snapshot)
 
     @cached_property
+    def derived_contract(self) -> DerivedContract:
+        """The output contract completed from the framework's prose (see extraction/derive.py)."""
+        return derive_contract(self.framework, self.manifest.analysis_variant)
+
+    @cached_property
     def json_schema(self) -> dict[str, Any]:
-        return contract_json_schema(self.framework.output_contract)
+        """The JSON Schema of an analysis answer: sent as response_format, used to validate."""
+        return self.derived_contract.schema
+
+    @cached_property
+    def record_shape(self) -> RecordShape:
+        """The flat record (one column per value) that extraction produces and formulas read."""
+        from mva_dagster.calc.formula import build_plan
+
+        plan = build_plan(self.framework.calculation_spec, known_inputs=None)
+        return RecordShape(self.json_schema, subjects=self.derived_contract.subjects,
+                           variables=sorted(plan.inputs))
+
+    @cached_property
+    def extraction_model(self) -> str:
+        """The model of the LLM-to-LLM transformation: the experiment's ``extraction_model``, or
+        the cheap default; resolved to its canonical alias so the archive and costs agree."""
+        from mva_dagster.llm.registry import load_registry
+        from mva_dagster.specs.experiment import load_experiment
+
+        snapshot = self.layout.experiment.experiment_snapshot
+        name = DEFAULT_EXTRACTION_MODEL
+        if snapshot.exists():
+            experiment = load_experiment(snapshot, framework_override=self.layout.experiment.framework_snapshot)
+            name = experiment.extraction_model or name
+        try:
+            return load_registry().resolve(name).name
+        except SpecError as exc:
+            raise SpecError(f"extraction_model {name!r} is not a registered model: {exc.message}",
+                            file=snapshot, field="extraction_model", hint=exc.hint) from exc
 
     def calls(self, document_ids: list[str] | None = None) -> list[tuple[str, str, int]]:
         """(document, model, replicate) for every call of the session (or of some documents)."""
@@ -74,11 +109,12 @@ class SessionContext:
         framework = self.framework
         variant = framework.variant(self.manifest.analysis_variant)
         contract = framework.output_contract
+        # The contract's instructions always go with the prompt, and the fields are spelled out too,
+        # so a model without structured output (or one that ignores it) still sees the schema.
         system = "\n\n".join(part for part in (
             variant.analysis_prompt.strip(),
             contract.instructions.strip(),
-            "Return one JSON object with exactly these fields: "
-            + ", ".join(f"{name} ({_type_name(spec)})" for name, spec in contract.schema_.items()) + ".",
+            "Return one JSON object with exactly these fields:\n" + describe_schema(self.json_schema),
         ) if part)
         lines = [f"{name}: {entry.metadata[name]}" for name in self.manifest.prompt_metadata
                  if name in entry.metadata]
@@ -91,12 +127,20 @@ class SessionContext:
             replicate=replicate, purpose="analysis",
             messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
             params=params,
-            response_format={"type": "json_schema",
-                             "json_schema": {"name": "analysis_record", "schema": self.json_schema}},
+            response_format=(
+                {"type": "json_schema", "json_schema": {"name": "analysis_record", "schema": self.json_schema}}
+                if structured_output(model) else {"type": "json_object"}),
         )
 
 
-def _type_name(spec: Any) -> str:
-    if isinstance(spec, dict):
-        return str(spec.get("type", "value"))
-    return str(spec)
+DEFAULT_EXTRACTION_MODEL = "gemini-2.5-flash"
+
+
+def structured_output(model: str) -> bool:
+    """Whether to send a JSON Schema as response_format (the registry says; unknown aliases: yes)."""
+    from mva_dagster.llm.registry import load_registry
+
+    try:
+        return load_registry().resolve(model).structured_output
+    except SpecError:
+        return True

@@ -1,10 +1,13 @@
 """The session report: a Markdown summary computed from the session's tables, nothing else.
 
 Statistics and the LLM-written synthesis are separate steps; this report states what ran, what it
-cost, what failed, and the per-document means of every score and metric.
+cost, what failed, the per-document means of every score and metric, and the hypothesis verdicts
+and figures the statistics step computed (read back from ``results/``, never recomputed here).
 """
 
 from __future__ import annotations
+
+import json
 
 import pandas as pd
 
@@ -40,10 +43,38 @@ def per_document_means(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return means.reset_index(drop=True)
 
 
+def _statistics_section(ctx: SessionContext) -> list[str]:
+    """Hypothesis verdicts, the synthesis check and the figures, if the statistics step ran."""
+    results = ctx.layout.results
+    hypotheses = results / "stats_hypotheses.csv"
+    if not hypotheses.exists():
+        return []
+    frame = pd.read_csv(hypotheses, dtype=str, keep_default_na=False)
+    lines = ["## Hypotheses (computed by the statistics step)", "",
+             _markdown_table(frame[["hypothesis", "verdict", "tests", "computed", "supported"]]),
+             "Tests, effect sizes and reasons: `results/stats_tests.csv`; reliability: "
+             "`results/stats_reliability.csv`.", ""]
+    check = results / "synthesis_check.json"
+    if check.exists():
+        data = json.loads(check.read_text(encoding="utf-8"))
+        lines += ["## Synthesis", "",
+                  f"`results/synthesis.md` (and a self-contained `synthesis.html`) was written by "
+                  f"{data.get('model')}. Check: {data.get('numbers_checked')} numbers, "
+                  f"{data.get('numbers_unmatched')} not found among the computed statistics; "
+                  f"{data.get('quotes_checked')} quotations, {data.get('quotes_unmatched')} not found in the "
+                  "documents." + (f" The synthesis failed: {data['failed']}" if data.get("failed") else ""), ""]
+    plots = sorted(results.glob("plot_*.png"))
+    if plots:
+        lines += ["## Figures", "", *[f"![{p.stem}]({p.name})\n" for p in plots]]
+    return lines
+
+
 def write_report(ctx: SessionContext, records: list[ExtractedRecord], scores: pd.DataFrame,
                  metrics: pd.DataFrame) -> str:
     manifest = ctx.manifest
-    entries = SessionArchive(ctx.layout).entries()
+    every_entry = SessionArchive(ctx.layout).entries()
+    entries = [e for e in every_entry if e.request.purpose != "synthesis"]
+    synthesis_cost = sum(e.answer.cost_usd or 0.0 for e in every_entry if e.request.purpose == "synthesis")
     cost = sum(e.answer.cost_usd or 0.0 for e in entries)
     tokens_in = sum(e.answer.prompt_tokens or 0 for e in entries)
     tokens_out = sum(e.answer.completion_tokens or 0 for e in entries)
@@ -65,8 +96,10 @@ def write_report(ctx: SessionContext, records: list[ExtractedRecord], scores: pd
         f"{valid} valid records, {len(invalid)} invalid or failed",
         f"- Tokens: {tokens_in} in, {tokens_out} out; cost ${cost:.6f}"
         + (" (simulated provider: what the calls would have cost at the models' list prices)"
-           if manifest.provider == "simulated" else ""),
+           if manifest.provider == "simulated" else "")
+        + (f"; synthesis ${synthesis_cost:.6f}" if synthesis_cost else ""),
         "",
+        *_statistics_section(ctx),
         "## Derived metrics: mean per document across models and runs",
         "",
         _markdown_table(per_document_means(metrics, list(metrics.columns))),

@@ -18,6 +18,9 @@ from mva_dagster.records import ExtractedRecord
 from mva_dagster.steps.context import SessionContext
 
 KEY_COLUMNS = ["document_id", "model", "replicate"]
+# Floats in CSV: 12 significant digits, so a replay (or another machine) writes the same bytes even
+# if a sum was taken in a different order; rows and columns are ordered by the frame's builder.
+CSV_FLOAT_FORMAT = "%.12g"
 
 
 def _cell(value: Any) -> Any:
@@ -27,7 +30,7 @@ def _cell(value: Any) -> Any:
 
 
 def scores_frame(ctx: SessionContext, records: list[ExtractedRecord]) -> pd.DataFrame:
-    fields = list(ctx.framework.output_contract.schema_.keys())
+    fields = ctx.record_shape.names  # nested contracts are flattened: one column per value
     rows = []
     for record in records:
         row: dict[str, Any] = {
@@ -47,7 +50,8 @@ def metrics_frame(ctx: SessionContext, records: list[ExtractedRecord]) -> pd.Dat
     plan = build_plan(framework.calculation_spec, known_inputs=None, file=str(ctx.layout.experiment.framework_snapshot))
     rows = []
     for record in records:
-        values = plan.evaluate(record.fields) if record.valid else dict.fromkeys(plan.order)
+        values = (plan.evaluate(ctx.record_shape.formula_row(record.fields)) if record.valid
+                  else dict.fromkeys(plan.order))
         rows.append({"document_id": record.document_id, "model": record.model,
                      "replicate": record.replicate, "valid": record.valid,
                      **{name: values.get(name) for name in plan.order}})
@@ -63,10 +67,15 @@ def documents_frame(ctx: SessionContext) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("document_id", kind="stable").reset_index(drop=True)
 
 
+def csv_text(frame: pd.DataFrame) -> str:
+    """The one way tables become CSV: deterministic float format and line endings."""
+    return frame.to_csv(index=False, float_format=CSV_FLOAT_FORMAT, lineterminator="\n")
+
+
 def write_table(ctx: SessionContext, name: str, frame: pd.DataFrame) -> None:
     """Replace table ``name`` in the session's DuckDB file and write ``results/<name>.csv``."""
     ctx.layout.results.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(ctx.layout.results / f"{name}.csv", frame.to_csv(index=False))
+    atomic_write_text(ctx.layout.results / f"{name}.csv", csv_text(frame))
     with duckdb.connect(str(ctx.layout.duckdb)) as con:
         con.register("frame_view", frame)
         con.execute(f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM frame_view')

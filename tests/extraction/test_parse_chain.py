@@ -1,4 +1,4 @@
-"""extract(): each link of the parse chain, and the validation policy (errors vs flags)."""
+"""extract(): each deterministic link of the chain, the error classes, and the validation policy."""
 
 from __future__ import annotations
 
@@ -64,27 +64,56 @@ def test_embedded_json_followed_by_csv_block() -> None:
     assert result.path == "embedded_json" and result.fields["level"] == 0.4
 
 
-def test_truncated_json() -> None:
-    result = extract(GOOD_JSON[:-15], SCHEMA)
-    assert (result.path, result.valid, result.fields) == ("failed", False, {})
+def test_truncated_json_keeps_only_complete_members() -> None:
+    result = extract(GOOD_JSON[:-15], SCHEMA, finish_reason="length")
+    assert (result.path, result.valid, result.error_class) == ("failed", False, "truncated")
+    assert result.fields == {"label": "calm", "level": 0.4, "count": 3, "quotes": ["a {brace} quote"]}
     assert "truncated JSON" in result.errors[0] and "max_tokens" in result.errors[0]
+    assert "note: missing required field" in result.errors
+    assert result.trace[0].startswith("partial_json: 4 of 5 fields")
 
 
-def test_malformed_json() -> None:
-    result = extract('{"label": "calm", "level": 0.4,}', SCHEMA)
-    assert result.path == "failed" and not result.valid
+def test_a_number_or_list_cut_by_the_end_is_dropped_not_shortened() -> None:
+    cut = '{"label": "calm", "quotes": ["one", "tw'
+    assert extract(cut, SCHEMA).fields == {"label": "calm"}
+    cut = '{"label": "calm", "level": 0.4'
+    assert extract(cut, SCHEMA).fields == {"label": "calm"}  # 0.4 may be the start of 0.45
+
+
+@pytest.mark.parametrize(
+    ("text", "repair"),
+    [
+        ('{"label": "calm", "level": 0.4, "count": 3, "quotes": ["a",], "note": "ok",}', "trailing_comma"),
+        ("{'label': 'calm', 'level': 0.4, 'count': 3, 'quotes': ['it\\'s'], 'note': 'ok'}", "single_quotes"),
+        ('{"label": "calm", "level": 0.4, "count": 3, "quotes": [], "note": None}', "python_literals"),
+        ('{"label": "calm" "level": 0.4, "count": 3, "quotes": [], "note": "x"}', "missing_comma"),
+    ],
+)
+def test_sloppy_json_is_read_exactly_and_the_repair_recorded(text: str, repair: str) -> None:
+    result = extract(text, SCHEMA)
+    assert f"repaired:{repair}" in result.flags
+    assert result.fields["label"] == "calm" and result.fields["level"] == 0.4
+    if repair != "python_literals":
+        assert result.valid and result.path == "lenient_json"
+    else:
+        assert result.errors == ["note: expected string, got null null"]
+
+
+def test_malformed_json_that_nothing_can_read() -> None:
+    result = extract('{"label": "calm", "level": 0.4 ] oops', SCHEMA)
+    assert (result.path, result.error_class) == ("failed", "malformed")
     assert result.errors[0].startswith("malformed JSON:")
 
 
 @pytest.mark.parametrize("text", [None, "", "   \n"])
 def test_empty_answer(text: str | None) -> None:
     result = extract(text, SCHEMA)
-    assert result.path == "failed" and result.errors == ["empty answer"]
+    assert (result.path, result.errors, result.error_class) == ("failed", ["empty answer"], "empty_answer")
 
 
 def test_no_json_at_all() -> None:
     result = extract("I cannot analyse this text.", SCHEMA)
-    assert result.errors == ["no JSON object found in the answer"]
+    assert result.errors == ["no JSON object found in the answer"] and result.error_class == "not_found"
 
 
 def test_top_level_array_is_not_an_answer() -> None:
@@ -95,6 +124,17 @@ def test_top_level_array_is_not_an_answer() -> None:
 def test_nan_is_not_json() -> None:
     result = extract(GOOD_JSON.replace("0.4", "NaN"), SCHEMA)
     assert result.path == "failed" and "NaN" in result.errors[0]
+
+
+def test_numbers_written_as_strings_in_json_stay_type_errors() -> None:
+    """JSON values are never coerced: "0.4" where a number is due is reported (the LLM link may fix it)."""
+    result = extract(answer(level="0.4"), SCHEMA)
+    assert not result.valid and result.error_class == "schema_mismatch"
+
+
+def test_a_complete_record_before_a_cut_is_valid_but_flagged() -> None:
+    result = extract(GOOD_JSON + "\n<<<SCORES_CSV>>>\nlevel\n0.", SCHEMA, finish_reason="length")
+    assert result.valid and any(f.startswith("answer_cut_off") for f in result.flags)
 
 
 # ---------------------------------------------------------------- validation policy
@@ -145,14 +185,15 @@ def test_duplicate_keys_are_flagged() -> None:
     assert result.valid and result.flags[0] == "duplicate_key:level" and result.fields["level"] == 0.9
 
 
-def test_nested_paths_are_named() -> None:
+def test_nested_values_are_flattened_and_named_by_their_flat_name() -> None:
     schema = contract_json_schema(
         {"dims": {"type": "object", "properties": {"one": {"type": "object", "properties": {
             "raw": {"type": "number", "minimum": 0, "maximum": 1}, "why": "string"}}}}}
     )  # fmt: skip
     result = extract('{"dims": {"one": {"raw": 2}}}', schema)
-    assert result.errors == ["dims.one.why: missing required field"]
-    assert result.flags == ["out_of_range:dims.one.raw=2"]
+    assert result.fields == {"one_raw": 2}
+    assert result.errors == ["one_why: missing required field"]
+    assert result.flags == ["out_of_range:one_raw=2"]
 
 
 def test_truncated_nested_answer_does_not_return_an_inner_fragment() -> None:
@@ -163,4 +204,65 @@ def test_truncated_nested_answer_does_not_return_an_inner_fragment() -> None:
 
 def test_malformed_object_does_not_return_an_inner_fragment() -> None:
     result = extract('{"a": 1, "b": {"c": 2},}', SCHEMA)
-    assert result.path == "failed" and result.errors[0].startswith("malformed JSON")
+    assert result.path == "failed" and result.fields == {}
+    assert result.trace[0].startswith("lenient_json: 0 of 5 fields")
+
+
+# ---------------------------------------------------------------- field matching, CSV, Markdown
+
+
+def test_wrapped_answer_is_mapped_by_field_names() -> None:
+    wrapped = {"analysis": {"scores": {"level": 0.4, "count": 3}, "details": {k: GOOD[k] for k in ("label", "quotes", "note")}}}
+    result = extract(json.dumps(wrapped), SCHEMA)
+    assert result.valid and result.path == "bare_json+field_match" and result.fields == GOOD
+
+
+def test_keys_in_other_spellings_are_matched_by_words() -> None:
+    text = json.dumps({"Label": "calm", "LEVEL": 0.4, "Count": 3, "Quotes": ["q"], "Note": "n"})
+    result = extract(text, SCHEMA)
+    assert result.valid and result.path == "bare_json+field_match"
+
+
+def test_two_different_values_for_one_field_are_not_guessed() -> None:
+    text = json.dumps({"a": {"level": 0.4}, "b": {"level": 0.9}, **{k: GOOD[k] for k in ("label", "count", "quotes", "note")}})
+    result = extract(text, SCHEMA)
+    assert not result.valid and "level: ambiguous" in result.errors[0]
+
+
+def test_csv_blocks_wide_and_long() -> None:
+    text = (
+        "Analysis done.\n<<<SCORES_CSV>>>\nlevel,count\n0.4,3\n<<<END_SCORES_CSV>>>\n"
+        "<<<QUOTES_CSV>>>\nfield,text\nquotes,\"first, with a comma\"\nquotes,second\nlabel,calm\nnote,fine\n"
+        "<<<END_QUOTES_CSV>>>"
+    )
+    result = extract(text, SCHEMA)
+    assert result.valid and result.path == "csv_v5"
+    assert result.fields == {"level": 0.4, "count": 3, "quotes": ["first, with a comma", "second"], "label": "calm",
+                             "note": "fine"}
+
+
+def test_markdown_labels_lists_and_tables() -> None:
+    text = """## Result
+
+**Label:** calm
+- Level: 0.4 (moderate)
+- **Count**: 3
+**Quotes:**
+- "first quote"
+- "second quote"
+
+| Item | Note |
+|---|---|
+| the | ignored |
+
+Note: all fine
+"""
+    result = extract(text, SCHEMA)
+    assert result.valid and result.path == "markdown", result.errors
+    assert result.fields == {"label": "calm", "level": 0.4, "count": 3, "quotes": ["first quote", "second quote"],
+                             "note": "all fine"}
+
+
+def test_a_free_form_schema_returns_the_object_itself() -> None:
+    result = extract('Here: {"anything": {"goes": 1}}', {"type": "object"})
+    assert result.valid and result.path == "embedded_json" and result.fields == {"anything": {"goes": 1}}

@@ -73,11 +73,12 @@ def test_simulated_config_carries_real_prices_and_limits() -> None:
     router = config["router_settings"]
     assert router["routing_strategy"] == "usage-based-routing-v2" and router["enable_pre_call_checks"]
     assert router["num_retries"] == 3
-    assert config["litellm_settings"]["callbacks"] == [CALLBACK_INSTANCE]
+    assert config["litellm_settings"]["callbacks"][0] == CALLBACK_INSTANCE  # then the answer journal
     assert config["litellm_settings"]["drop_params"] is True
     assert config["general_settings"] == {
         "master_key": "os.environ/LITELLM_MASTER_KEY",
         "custom_auth": CUSTOM_AUTH,
+        "forward_client_headers_to_llm_api": True,  # the simulated ledger records x-mva-request-key
     }
 
 

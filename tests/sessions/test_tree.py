@@ -10,7 +10,7 @@ import pytest
 from mva_dagster.errors import ArchiveError, MvaError, SessionError
 from mva_dagster.llm.archive import SessionArchive
 from mva_dagster.records import LLMAnswer, LLMRequest
-from mva_dagster.sessions.chronolog import Chronolog, read_events, sign
+from mva_dagster.sessions.chronolog import Chronolog, read_events, sign, verify_event
 from mva_dagster.sessions.layout import ExperimentLayout, ProjectLayout, check_safe_name
 from tests.conftest import shared_path
 
@@ -51,7 +51,9 @@ def test_discernus_chronolog_verifies_with_our_signature_rule() -> None:
     path = shared_path("reference", "discernus", "mva", "PROJECT_CHRONOLOG_MVA.jsonl")
     events, bad = read_events(path)
     assert len(events) == 958 and not bad
-    assert all(e["signature"] == sign(e, b"default_dev_key") for e in events)
+    assert all(verify_event(e, b"default_dev_key") for e in events)
+    with pytest.raises(MvaError, match="publicly known default key"):
+        sign(events[0], b"default_dev_key")  # checking with the public key is fine, signing is not
 
 
 def test_torn_last_line_is_set_aside(tmp_path: Path) -> None:

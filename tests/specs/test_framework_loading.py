@@ -290,3 +290,77 @@ def test_nested_contract_records_a_warning(tmp_path: Path) -> None:
     fw = load_cfg(tmp_path, output_contract=contract, calculation_spec={"m": "anything_goes * 2"})
     assert fw.known_inputs() is None
     assert any("cannot be checked at load" in w and "scores" in w for w in fw.warnings)
+
+
+# ---------------------------------------------------------------- Framework Spec v5 and the v10 style
+
+
+def test_v5_csv_requirement_needs_both_delimiters(tmp_path: Path) -> None:
+    contract = {**CONTRACT, "embedded_csv_requirements": {"scores_csv": {"delimiter_start": "<<<S>>>"}}}
+    with pytest.raises(SpecError) as err:
+        load_cfg(tmp_path, output_contract=contract)
+    assert err.value.field == "output_contract.embedded_csv_requirements.scores_csv.delimiter_end"
+    assert "DISCERNUS_SCORES_CSV_v1" in str(err.value)  # the hint shows the standard delimiters
+
+
+def test_v5_spec_example_loads(tmp_path: Path) -> None:
+    """The JSON appendix example of FRAMEWORK_SPECIFICATION_V5.md, with a prompt filled in."""
+    cfg = config(
+        version="v5.0",
+        dimension_groups={"identity_axis": ["calm", "alarm"]},
+        reliability_rubric={"cronbachs_alpha": {"excellent": [0.8, 1.0], "poor": [0.0, 0.59]}},
+        output_contract={**CONTRACT, "embedded_csv_requirements": {
+            "scores_csv": {"delimiter_start": "<<<DISCERNUS_SCORES_CSV_v1>>>",
+                           "delimiter_end": "<<<END_DISCERNUS_SCORES_CSV_v1>>>", "description": "scores"},
+            "evidence_csv": {"delimiter_start": "<<<DISCERNUS_EVIDENCE_CSV_v1>>>",
+                             "delimiter_end": "<<<END_DISCERNUS_EVIDENCE_CSV_v1>>>"}}})
+    fw = load_cfg(tmp_path, **cfg)
+    assert fw.spec_version == "5" and fw.dimension_groups["identity_axis"] == ["calm", "alarm"]
+    assert set(fw.output_contract.embedded_csv_requirements) == {"scores_csv", "evidence_csv"}
+
+
+V10 = """# V10
+
+```yaml
+metadata: {framework_name: two_axes, framework_version: "2.0", spec_version: "10.0"}
+analysis_variants:
+  default: {description: d, analysis_prompt: "Rate both axes from 0.0 to 1.0."}
+dimensions:
+  - {name: calm}
+  - {name: alarm}
+derived_metrics: {margin: "calm - alarm"}
+output_schema:
+  type: object
+  properties:
+    axes:
+      type: object
+      properties:
+        calm: {$ref: "#/$defs/axis"}
+        alarm: {$ref: "#/$defs/axis"}
+    comment: {type: string}
+  required: [axes]
+  $defs:
+    axis: {type: object, properties: {raw_score: {type: number}}, required: [raw_score]}
+```
+"""
+
+
+def test_v10_required_and_defs_are_honoured(tmp_path: Path) -> None:
+    from mva_dagster.extraction.schema import framework_json_schema
+
+    fw = load_framework(write(tmp_path, V10))
+    assert fw.output_contract.required == ["axes"] and fw.calculation_spec == {"margin": "calm - alarm"}
+    schema = framework_json_schema(fw)
+    assert schema["required"] == ["axes"]  # an answer without a comment is still valid
+    assert schema["properties"]["axes"]["properties"]["calm"]["properties"]["raw_score"]["maximum"] == 1.0
+
+
+def test_v10_dimension_without_a_name(tmp_path: Path) -> None:
+    with pytest.raises(SpecError) as err:
+        load_framework(write(tmp_path, V10.replace("- {name: alarm}", "- {label: alarm}")))
+    assert err.value.field == "dimensions[1]"
+
+
+def test_v10_required_must_name_schema_fields(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="names fields the schema does not have: axis"):
+        load_framework(write(tmp_path, V10.replace("required: [axes]", "required: [axis]")))
