@@ -32,6 +32,8 @@ from typing import Any
 from bench import common
 from bench.common import OVERHEAD, BenchHome, BenchStack, Caps, Meter, Profiler, say
 
+KINDS = ("direct", "proxy", "ephemeral", "sqlite")
+
 
 @dataclass
 class Sizes:
@@ -82,8 +84,8 @@ def _row(name: str, docs: int, meter: Meter) -> Row:
     return Row(name, docs, meter.wall, meter.ours * per, meter.proxy * per, meter.provider * per)
 
 
-def measure(home: BenchHome, stack: BenchStack, sizes: Sizes, *, profile: bool, warm_up: bool = True
-            ) -> dict[str, Any]:
+def measure(home: BenchHome, stack: BenchStack, sizes: Sizes, *, profile: bool, warm_up: bool = True,
+            only: set[str] | None = None) -> dict[str, Any]:
     import dagster as dg
 
     from mva_dagster.instance import get_instance
@@ -103,6 +105,7 @@ def measure(home: BenchHome, stack: BenchStack, sizes: Sizes, *, profile: bool, 
         ("Dagster runs, ephemeral instance (no event storage)", "ephemeral"),
         ("Dagster runs, SQLite instance (as `mva run`)", "sqlite"),
     ]
+    plans = [p for p in plans if only is None or p[1] in only]
     for i, (name, kind) in enumerate(plans, 1):
         say(f"[{i}/{len(plans) + 1}] {name} ...")
         layout = common.new_session(home, f"overhead_{kind}_{corpus.name}", corpus=corpus, model=OVERHEAD)
@@ -123,6 +126,9 @@ def measure(home: BenchHome, stack: BenchStack, sizes: Sizes, *, profile: bool, 
     rows.append(_row("asyncio + httpx floor (bare requests, through the proxy)", sizes.docs, meter))
 
     by = {kind: row for (_, kind), row in zip(plans, rows, strict=False)}
+    if len(by) < len(KINDS):  # a partial run (--rows) has no differences to report
+        return {"sizes": asdict(sizes), "load": common.machine_load(), "rows": [asdict(r) for r in rows],
+                "derived": {}, "profiles": _profiles(home, profile)}
     derived = {
         "ours_without_proxy_ms": by["direct"].ours_ms,
         "ours_through_proxy_ms": by["proxy"].ours_ms,
@@ -132,9 +138,13 @@ def measure(home: BenchHome, stack: BenchStack, sizes: Sizes, *, profile: bool, 
         "http_client_floor_ms": rows[-1].ours_ms,
     }
     return {"sizes": asdict(sizes), "load": common.machine_load(), "rows": [asdict(r) for r in rows],
-            "derived": derived,
-            "profiles": {p.stem: common.summarize_profile(p)
-                         for p in sorted((home.root / "profiles").glob("overhead_*.txt"))} if profile else {}}
+            "derived": derived, "profiles": _profiles(home, profile)}
+
+
+def _profiles(home: BenchHome, profile: bool) -> dict[str, list[str]]:
+    if not profile:
+        return {}
+    return {p.stem: common.summarize_profile(p) for p in sorted((home.root / "profiles").glob("overhead_*.txt"))}
 
 
 def _pid() -> int:
@@ -158,15 +168,17 @@ def report(result: dict[str, Any]) -> str:
             for r in result["rows"]]
     d = result["derived"]
     lines = [common.table(["configuration", "docs", "seconds", "mva CPU ms/doc", "proxy CPU ms/doc",
-                           "provider CPU ms/doc"], rows), "",
+                           "provider CPU ms/doc"], rows), ""]
+    if d:
+        lines += [
              "CPU per document, separated:",
              f"  ours (steps, gateway, archive, extraction), no proxy:   {d['ours_without_proxy_ms']:.1f} ms",
              f"  ours, through the proxy (our process only):             {d['ours_through_proxy_ms']:.1f} ms",
              f"  the LiteLLM proxy (its own process):                    {d['proxy_ms']:.1f} ms",
              f"  Dagster's execution machinery (ephemeral - steps):      {d['dagster_machinery_ms']:.1f} ms",
              f"  Dagster's event storage (SQLite - ephemeral):           {d['dagster_event_storage_ms']:.1f} ms",
-             f"  a bare asyncio + httpx request (the client floor):      {d['http_client_floor_ms']:.1f} ms",
-             f"machine: {result['load']} (at the end of the run)"]
+             f"  a bare asyncio + httpx request (the client floor):      {d['http_client_floor_ms']:.1f} ms"]
+    lines.append(f"machine: {result['load']} (at the end of the run)")
     for name, summary in result.get("profiles", {}).items():
         lines.append(f"\npy-spy profile {name}:")
         lines += summary
@@ -182,6 +194,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--home", type=Path, default=None, help="benchmark folder (default: a temp one)")
     parser.add_argument("--keep-stack", action="store_true", help="leave the proxy running in --home")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--rows", default=None, help=f"only these rows, comma-separated: {','.join(KINDS)}")
     args = parser.parse_args(argv)
     sizes = Sizes.smoke() if args.smoke else Sizes()
     sizes.docs = args.docs or sizes.docs
@@ -190,7 +203,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         say(f"overhead benchmark in {home.root}; starting the simulated provider and the proxy ...")
         stack = common.start_stack()
         try:
-            result = measure(home, stack, sizes, profile=args.profile, warm_up=not args.smoke)
+            result = measure(home, stack, sizes, profile=args.profile, warm_up=not args.smoke,
+                             only=set(args.rows.split(",")) if args.rows else None)
         finally:
             if not args.keep_stack:
                 common.stop_stack()

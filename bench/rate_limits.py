@@ -9,8 +9,9 @@ once undisturbed and once while the provider rejects half of all requests with 4
 * call success rate - calls that ended with an answer (the issue's "API success rate");
 * upstream acceptance - provider requests answered 200 (the storm's rejections included);
 * 429s the client saw after the proxy's own retries, and how far the limiter cut concurrency;
-* throughput - answered calls per minute between the first and the last answer, and inside the
-  storm window, against the rpm (the client paces at rpm - 1, what LiteLLM admits per minute).
+* throughput - answers per wall-clock minute (the proxy counts rpm per UTC minute): the mean of the
+  complete minutes against the rpm (the client paces at rpm - 1, what LiteLLM admits per minute),
+  inside the storm window, and overall (start-up and tail included).
 
     .venv/bin/python -m bench.rate_limits                      # rpm 60, 150 calls, 30 s storm (~8 min)
     .venv/bin/python -m bench.rate_limits --rpm 30 --calls 60 --storm-s 20 --json out.json
@@ -135,26 +136,21 @@ def run_once(label: str, root: Path, proxy_url: str, admin: str, calls: int, rpm
         "upstream_requests": requests, "upstream_429": rejected,
         "upstream_acceptance": round(served / max(1, requests), 4),
         "client_saw_429": completed.get("rate_limited", {}).get(MODEL, 0),
-        # Steady state: answers per minute from the end of the opening burst (the limiter lets a
-        # tenth of a minute's requests start at once) to the last answer.
-        "throughput_per_min": _steady_rate(finished, burst=max(1, min(16, (rpm - 1) // 6))),
+        # Answers per wall-clock minute (the proxy counts rpm per UTC minute); the steady state is
+        # the mean of the complete minutes, the overall rate includes start-up and the tail.
         "answers_per_wall_minute": _per_minute(answers),
+        "overall_per_min": round(len(finished) / (elapsed / 60), 2),
         "slow_calls_over_30s": sum(1 for a in answers if (a.latency_s or 0) > 30),
         "wait_lines": len(waits),
     }
+    full = list(result["answers_per_wall_minute"].values())[1:-1]
+    result["throughput_per_min"] = round(sum(full) / len(full), 2) if full else result["overall_per_min"]
     result["throughput_vs_rpm"] = round(result["throughput_per_min"] / rpm, 4)
     if storm is not None:
         inside = [t for t in finished if storm[0] <= t < storm[1] + 5]
         result["storm_window_s"] = storm[1] - storm[0]
         result["throughput_in_storm_per_min"] = round(len(inside) / ((storm[1] + 5 - storm[0]) / 60), 2)
     return result
-
-
-def _steady_rate(finished: list[float], burst: int) -> float:
-    if len(finished) <= burst + 1:
-        return 0.0
-    span = finished[-1] - finished[burst]
-    return round((len(finished) - burst - 1) / (span / 60), 2) if span > 0 else 0.0
 
 
 def _per_minute(answers: list[Any]) -> dict[str, int]:
@@ -167,13 +163,13 @@ def _per_minute(answers: list[Any]) -> dict[str, int]:
 
 def report_text(results: list[dict[str, Any]]) -> str:
     lines = ["| run | calls | rpm | answered | call success | upstream 429 | upstream acceptance | 429 seen by client "
-             "| throughput /min | vs rpm | in storm /min | time |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| full-minute throughput /min | vs rpm | in storm /min | overall /min | time |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['label']} | {r['calls']} | {r['rpm']} | {r['answered']} | {r['call_success_rate']:.1%} "
                      f"| {r['upstream_429']} | {r['upstream_acceptance']:.1%} | {r['client_saw_429']} "
                      f"| {r['throughput_per_min']} | {r['throughput_vs_rpm']:.1%} "
-                     f"| {r.get('throughput_in_storm_per_min', '-')} | {r['seconds']} s |")
+                     f"| {r.get('throughput_in_storm_per_min', '-')} | {r['overall_per_min']} | {r['seconds']} s |")
     return "\n".join(lines)
 
 

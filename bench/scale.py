@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -103,16 +104,68 @@ def worker(docs: int, corpus: Path, home: BenchHome, out: Path, profile: bool) -
     result["register_partitions_s"] = time.perf_counter() - t0
     cpu0 = common.self_cpu()
     t0 = time.perf_counter()
+    started = time.time()
     with Profiler(os.getpid(), home.root / "profiles" / f"scale_{docs}.txt", enabled=profile), \
-            common.quiet_stderr(home.root / "logs" / f"scale_{docs}.log"):
+            common.quiet_stderr(home.root / "logs" / f"scale_{docs}.log"), RssSampler() as sampler:
         run_session(layout, bundle, definitions, instance, terminal=True)
     result["session_s"] = time.perf_counter() - t0
+    result["rss_by_phase_mb"] = rss_by_phase(layout, started, sampler.samples)
     result["session_cpu_s"] = common.self_cpu() - cpu0
     result["rss_end_mb"], result["peak_rss_mb"] = common.rss_mb()
     result["growth_mb"] = result["peak_rss_mb"] - rss_start
     result["session"] = str(layout.root)
     result["asset_key"] = [PROJECT, layout.experiment.name, "analysis"]
     out.write_text(json.dumps(result), encoding="utf-8")
+
+
+class RssSampler:
+    """This process's RSS every half second while the block runs."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self.samples.append((time.time(), common.rss_mb()[0]))
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def rss_by_phase(layout: Any, started: float, samples: list[tuple[float, float]]) -> dict[str, float]:
+    """The highest RSS seen in each phase of the session, phases cut at its chronolog events."""
+    from datetime import datetime
+
+    from mva_dagster.sessions.chronolog import read_events
+
+    marks: list[tuple[float, str]] = []
+    for event in read_events(layout.chronolog)[0]:
+        data = event.get("data") or {}
+        name = str(event["event"])
+        label = {"ANALYSIS_STARTED": "documents run", "ANALYSIS_COMPLETED": "analysis",
+                 "EXTRACTION_COMPLETED": "extraction"}.get(name)
+        if name == "DAGSTER_RUN_FINISHED":
+            job = str(data.get("job", ""))
+            label = ("per-document run, after extraction" if job.endswith("per_document_job") else
+                     "session run (scores ... report)" if job.endswith("session_job") else None)
+        if label:
+            marks.append((datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp(),
+                          label))
+    phases: dict[str, float] = {}
+    begin = started
+    for end, label in sorted(marks):
+        inside = [rss for t, rss in samples if begin <= t <= end]
+        if inside:
+            phases[label] = max(inside)
+        begin = end
+    return phases
 
 
 def run_worker(home: BenchHome, docs: int, corpus: Path, profile: bool) -> dict[str, Any]:
@@ -206,6 +259,9 @@ def report(result: dict[str, Any]) -> str:
                            "RSS after imports MB", "peak RSS MB", "growth MB"], rows), "",
              f"peak RSS {large['docs']:,} / {small['docs']:,}: {result['rss_peak_ratio']:.2f}x; "
              f"growth over the baseline: {result['rss_growth_ratio']:.2f}x",
+             "peak RSS by phase (MB): " + "; ".join(
+                 f"{r['docs']:,} docs: " + ", ".join(f"{k} {v:.0f}" for k, v in r.get("rss_by_phase_mb", {}).items())
+                 for r in (small, large)),
              f"dagster-webserver start: {gql['webserver_start_s']:.1f} s; partition status of "
              f"{' / '.join(large['asset_key'])}:",
              f"  partitionStats          first {gql['partition_stats']['first_s']:.2f} s, then "

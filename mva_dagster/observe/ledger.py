@@ -14,6 +14,8 @@ import os
 import re
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -76,27 +78,67 @@ def _line_id(item: dict[str, Any]) -> tuple[Any, ...]:
     return item.get("litellm_call_id"), item.get("status"), item.get("ts")
 
 
-def session_keys(layout: SessionLayout, entries: list[ArchiveEntry] | None = None) -> set[str]:
-    """Request keys of every call the session made or tried (archive and conversation log)."""
-    keys = {e.request.key() for e in (entries if entries is not None else SessionArchive(layout).entries())}
-    keys |= {str(c["request_key"]) for c in conversations.read_entries(layout) if c.get("request_key")}
-    return keys
+@dataclass
+class SessionCalls:
+    """What identifies a session's lines in a ledger shared by every session of a proxy.
+
+    Identical requests made by two sessions share a request key, so a key alone is not enough:
+    a line belongs to the session when its LiteLLM call id is one of the session's answers, or -
+    for attempts the client never got an answer for (failures, answers recovered from the proxy's
+    journal) - when its key is the session's and it was written after the session was created.
+    """
+
+    keys: set[str] = field(default_factory=set)
+    call_ids: set[str] = field(default_factory=set)
+    answered_keys: set[str] = field(default_factory=set)  # keys whose answer has a known call id
+    since: float = 0.0  # epoch seconds: the session's creation
+
+    def owns(self, line: dict[str, Any]) -> bool:
+        if line.get("litellm_call_id") in self.call_ids:
+            return True
+        key = line.get("request_key")
+        if key not in self.keys or float(line.get("ts") or 0.0) < self.since:
+            return False
+        # A failed attempt, or the success line of an answer the session holds without a call id.
+        return line.get("status") != "success" or key not in self.answered_keys
+
+
+def session_calls(layout: SessionLayout, entries: list[ArchiveEntry] | None = None) -> SessionCalls:
+    """Keys and call ids of every call the session made or tried (archive and conversation log)."""
+    entries = entries if entries is not None else SessionArchive(layout).entries()
+    calls = SessionCalls(since=_created_at(layout))
+    for entry in entries:
+        calls.keys.add(entry.request.key())
+        for answer in (entry.answer, *entry.answer.superseded):
+            if answer.call_id:
+                calls.call_ids.add(answer.call_id)
+                calls.answered_keys.add(entry.request.key())
+    calls.keys |= {str(c["request_key"]) for c in conversations.read_entries(layout) if c.get("request_key")}
+    return calls
+
+
+def _created_at(layout: SessionLayout) -> float:
+    try:
+        created = json.loads(layout.manifest.read_text(encoding="utf-8")).get("created_at")
+        return datetime.fromisoformat(str(created).replace("Z", "+00:00")).timestamp()
+    except (OSError, ValueError, TypeError):
+        return 0.0
 
 
 def sync_session_ledger(layout: SessionLayout, mode: str | None, *, wait_s: float = 0.0,
-                        entries: list[ArchiveEntry] | None = None, keys: set[str] | None = None,
+                        entries: list[ArchiveEntry] | None = None, calls: SessionCalls | None = None,
                         expected: set[str] | None = None) -> list[dict[str, Any]]:
     """Copy the session's new ledger lines into ``logs/``; return every line the copy holds.
 
-    ``keys`` (request keys) and ``expected`` (LiteLLM call ids that must have a success line)
-    default to the whole archive; the analysis step passes just its batch's, so finishing a batch
-    does not re-read a big session. The ledger line of the last call may land a moment after its
-    answer (the proxy writes it in a callback), so ``wait_s`` > 0 polls until every expected call
-    id has its success line.
+    ``calls`` (see :class:`SessionCalls`) and ``expected`` (LiteLLM call ids that must have a
+    success line) default to the whole archive; the analysis step passes just its batch's, so
+    finishing a batch does not re-read a big session. The ledger line of the last call may land a
+    moment after its answer (the proxy writes it in a callback), so ``wait_s`` > 0 polls until
+    every expected call id has its success line.
     """
-    if keys is None or expected is None:
+    if calls is None or expected is None:
         entries = entries if entries is not None else SessionArchive(layout).entries()
-        keys = keys if keys is not None else session_keys(layout, entries)
+        calls = calls if calls is not None else session_calls(layout, entries)
         expected = expected if expected is not None else {
             a.call_id for e in entries for a in paid_answers(e) if a.call_id}
     copy = ledger_copy_path(layout)
@@ -104,8 +146,8 @@ def sync_session_ledger(layout: SessionLayout, mode: str | None, *, wait_s: floa
     seen = {_line_id(item) for item in have}
     deadline = time.monotonic() + wait_s
     while True:
-        for item in read_ledger(ledger_candidates(mode), keys) if keys else []:
-            if _line_id(item) not in seen:
+        for item in read_ledger(ledger_candidates(mode), calls.keys) if calls.keys else []:
+            if _line_id(item) not in seen and calls.owns(item):
                 seen.add(_line_id(item))
                 append_line(copy, item)
                 have.append(item)

@@ -18,6 +18,7 @@ import shutil
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from mva_dagster.errors import MvaError
@@ -31,6 +32,7 @@ from mva_dagster.observe.files import (
     proxy_config_copy_path,
     proxy_info_path,
 )
+from mva_dagster.observe.ledger import SessionCalls
 from mva_dagster.records import LLMAnswer, LLMRequest
 from mva_dagster.sessions.appendlog import PlainLog
 from mva_dagster.sessions.chronolog import Chronolog, read_events, utc_now
@@ -110,7 +112,8 @@ class LiveObserver:
                 data = event.get("data") or {}
                 self.raised.add(_alert_key(data))
         self.landed: dict[str, list[LandedCall]] = defaultdict(list)
-        self.keys: set[str] = set()  # this batch's request keys and sent call ids, for the ledger copy
+        # This batch's calls, to copy their proxy ledger lines (and wait for the sent ones').
+        self.calls = SessionCalls(since=_epoch(ctx.manifest.created_at))
         self.sent_call_ids: set[str] = set()
         self.layout.logs.mkdir(parents=True, exist_ok=True)
         self.session_log = PlainLog.for_path(self.layout.run_log)
@@ -129,9 +132,14 @@ class LiveObserver:
                     error_class: str | None = None, error: str | None = None) -> str | None:
         """Show one outcome; returns the document's Markdown when this was its last call."""
         call = self._parse(request, answer, from_archive, error_class, error)
-        self.keys.add(request.key())
-        if answer is not None and not from_archive:
-            self.sent_call_ids |= {a.call_id for a in (answer, *answer.superseded) if a.call_id}
+        self.calls.keys.add(request.key())
+        if answer is not None:
+            ids = {a.call_id for a in (answer, *answer.superseded) if a.call_id}
+            self.calls.call_ids |= ids
+            if answer.call_id:
+                self.calls.answered_keys.add(request.key())
+            if not from_archive:
+                self.sent_call_ids |= ids
         self._log(record_text(call))
         append_line(live_records_path(self.layout), {
             "ts": utc_now(), "document_id": call.document_id, "model": call.model,
@@ -188,7 +196,7 @@ class LiveObserver:
 
         try:
             record_proxy(self.ctx)
-            lines = sync_session_ledger(self.layout, self.ctx.manifest.provider, wait_s=3.0, keys=self.keys,
+            lines = sync_session_ledger(self.layout, self.ctx.manifest.provider, wait_s=3.0, calls=self.calls,
                                         expected=self.sent_call_ids)
         except (OSError, MvaError) as exc:  # provenance must never fail the analysis it describes
             self._log([f"[provenance] could not copy the proxy ledger: {exc}"])
@@ -201,6 +209,13 @@ class LiveObserver:
             described = ", ".join(f"{v} ({n} calls)" for v, n in versions.items())
             self.report(f"ALERT {alias} was answered by {len(versions)} provider versions: {described}")
             self.chronolog.append("ALERT", data)
+
+
+def _epoch(timestamp: str) -> float:
+    try:
+        return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
 
 
 def _alert_key(data: dict[str, Any]) -> tuple[Any, ...]:

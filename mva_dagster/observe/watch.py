@@ -137,9 +137,10 @@ class SessionState:
         self.prompt_tokens += int(entry.get("prompt_tokens") or 0)
         self.completion_tokens += int(entry.get("completion_tokens") or 0)
         self.proxy_retries += int(entry.get("proxy_retries") or 0)
-        if float(entry.get("waited_s") or 0.0) > 0:
+        waited = float(entry.get("waited_s") or 0.0)
+        self.waited_seconds += waited
+        if waited >= 1.0:  # admission takes milliseconds; a second or more is a real wait
             self.waited_calls += 1
-            self.waited_seconds += float(entry["waited_s"])
         if when is not None:
             self.answer_times.append(when)
 
@@ -203,8 +204,8 @@ def render(state: SessionState, *, now: datetime | None = None, width: int | Non
         eta = f" · ETA ~{_duration((total - done) / rate * 60)}"
     lines.append(f"throughput   {rate:.1f} calls/min ({'last 60 s' if running and recent else 'overall'}) · "
                  f"elapsed {_duration(elapsed)}{eta}")
-    lines.append(f"waits        {state.waited_calls} calls waited on rate limits or retries "
-                 f"({state.waited_seconds:.1f} s) · {state.waits} retry waits ({state.wait_seconds:.1f} s)"
+    lines.append(f"waits        {state.waited_calls} calls waited 1 s or more on rate limits or retries "
+                 f"({state.waited_seconds:.1f} s in all) · {state.waits} retry waits ({state.wait_seconds:.1f} s)"
                  + (f", last: {state.last_wait}" if state.last_wait else "")
                  + f" · proxy-side retries: {state.proxy_retries}")
     by_model = " · ".join(f"{k} ${v:.6f}" for k, v in sorted(state.cost_by_model.items()))

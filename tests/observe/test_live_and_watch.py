@@ -53,7 +53,7 @@ def test_watch_frame_while_running_and_after(civic_session: SessionContext, land
     assert "status: running" in frame
     assert f"1/{total} analysis calls" in frame
     assert "1 retry waits (4.5 s)" in frame and "rate limited (HTTP 429)" in frame
-    assert "0 calls waited on rate limits or retries" in frame
+    assert "0 calls waited 1 s or more on rate limits or retries" in frame
     assert "cost so far  $0.000400" in frame
     assert f"latest scores  {docs[1]} · gemini-2.5-flash · run 1: failed" in frame
     assert f"{docs[1]} · gemini-2.5-flash · run 1: transient" in frame  # in the failures list
