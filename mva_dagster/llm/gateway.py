@@ -106,6 +106,16 @@ def classify_http_error(status: int, body: str, headers: httpx.Headers) -> LLMEr
     lowered = body.lower()
     retry_after = _retry_after(headers)
     if status == 429:
+        if "no deployments available" in lowered and "cooldown" not in lowered:
+            # The proxy's own rpm/tpm fence. It says "retry after 60", but it counts per UTC minute
+            # (measured), so the window reopens at the next minute boundary - often a second away
+            # when our pacing and its count straddle a boundary.
+            wait = 60.0 - time.time() % 60.0 + 0.5
+            return RateLimitedLLMError(
+                f"the proxy's rpm/tpm limit for this model is reached for this minute (HTTP 429): {text}",
+                status=status, retry_after=min(retry_after or 60.0, wait),
+                hint="another client shares this model's quota, or rpm/tpm in models.yaml are above "
+                     "what the proxy was started with; the call waits for the next minute")
         if "cooldown" in lowered:
             return CooldownLLMError(
                 f"the proxy has taken the model out of rotation after repeated failures (HTTP 429, "

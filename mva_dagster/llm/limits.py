@@ -1,8 +1,9 @@
 """Client-side admission per model: stay under the registry's limits, and slow down together on 429.
 
-The proxy enforces rpm/tpm too, but it does so by holding an over-limit request until the next
-minute, which from the client looks exactly like a hang. So the client paces itself below the
-registry's limits and the proxy's fence is only reached when something else shares the quota:
+The proxy enforces rpm/tpm too, as a fence: over the limit it answers 429 with a 60 s Retry-After
+(left to itself, LiteLLM would hold the request for that minute, which from outside looks exactly
+like a hang). So the client paces itself below the registry's limits and the fence is only reached
+when something else shares the quota:
 
 * requests start evenly, ``rpm - 1`` per minute, from a token bucket that allows a small burst;
 * no more than ``rpm - 1`` requests and ``tpm`` tokens fall in one wall-clock minute - LiteLLM's

@@ -56,7 +56,7 @@ ENV_TO_PARAM: dict[str, str] = {
 SIMULATED_API_KEY = "sim-no-key"
 LOCAL_API_KEY = "local-no-key"
 
-DEFAULT_NUM_RETRIES = 3  # over-limit requests then wait for the rpm/tpm window instead of failing
+DEFAULT_NUM_RETRIES = 3  # the default for errors retry_policy does not name
 REDIS_URL_ENV = "MVA_REDIS_URL"  # e.g. redis://127.0.0.1:6379/0: share limits between proxies
 REDIS_PASSWORD_ENV = "MVA_REDIS_PASSWORD"  # referenced as os.environ/..., never written into the config
 
@@ -65,9 +65,10 @@ REDIS_PASSWORD_ENV = "MVA_REDIS_PASSWORD"  # referenced as os.environ/..., never
 # UTC minute without the client knowing, and in a 50 % storm (bench/rate_limits.py) those hidden
 # retries filled the minute and the proxy then held the client's next requests for up to 60 s. The
 # gateway waits out the Retry-After itself, for all calls of the model at once, paced and visible.
-# The proxy's own rpm/tpm fence (RouterRateLimitError, not a RateLimitError) still waits for the next
-# window under `num_retries`. Server errors and timeouts get a couple of quick retries here, and the
-# gateway's backoff after that.
+# The same policy covers the proxy's own rpm/tpm fence: over the limit it answers 429 with
+# `llm_provider-retry-after: 60` at once (measured) instead of holding the request, and the gateway
+# waits, saying so. Server errors and timeouts get a couple of quick retries here, and the gateway's
+# backoff after that.
 RETRY_POLICY: dict[str, int] = {
     "RateLimitErrorRetries": 0,
     "InternalServerErrorRetries": 2,

@@ -86,6 +86,11 @@ def test_classification_follows_the_taxonomy() -> None:
     assert isinstance(cooldown, CooldownLLMError) and cooldown.retry_after == 15
     upstream = classify_http_error(429, "x", h({"llm_provider-retry-after": "2", "llm_provider-retry-after-ms": "1500"}))
     assert upstream.retry_after == 1.5  # milliseconds beat the rounded-up seconds
+    fence = classify_http_error(429, "litellm.RateLimitError: No deployments available for selected model. "
+                                     "Deployments={'d': {'current_rpm': 19, 'rpm_limit': 20}}",
+                                h({"llm_provider-retry-after": "60"}))
+    assert isinstance(fence, RateLimitedLLMError) and fence.retry_after is not None
+    assert 0.5 <= fence.retry_after <= 60.5  # the proxy counts per UTC minute: wait for the next one
     assert type(classify_http_error(503, "overloaded", h())) is TransientLLMError
     for status, body in ((400, "context_length_exceeded"), (401, "bad key"), (404, "no model"), (400, "bad")):
         error = classify_http_error(status, body, h())
