@@ -15,7 +15,7 @@ from typing import Any
 import dagster as dg
 
 from mva_dagster.errors import BudgetExceeded, SessionError, SpecError
-from mva_dagster.llm.budget import SessionPolicy, mark_paused_by_budget, write_policy
+from mva_dagster.llm.budget import SessionPolicy, mark_paused_by_budget, record_policy, write_policy
 from mva_dagster.llm.registry import load_registry
 from mva_dagster.sessions.layout import SAFE_NAME, SessionLayout, check_safe_name
 from mva_dagster.sessions.manager import DocumentEntry, Provider, create_session
@@ -124,7 +124,10 @@ def session_policy(plan: Plan) -> SessionPolicy:
 def create_planned_session(plan: Plan, *, model_override: str | None = None,
                            linked_from: SessionLayout | None = None,
                            changes: list[str] | None = None) -> SessionLayout:
-    """Create the planned session; ``linked_from`` is the session `mva resume --allow-changes` continues."""
+    """Create the planned session; ``linked_from`` is the session `mva resume --allow-changes` continues.
+
+    Its budgets go to ``session_policy.json`` and, when there are any, to the chronolog (``BUDGET_SET``).
+    """
     documents = [DocumentEntry(id=d.id, path=str(d.path.resolve()), sha256=d.sha256, n_words=d.n_words,
                                metadata=dict(d.metadata)) for d in plan.corpus.documents]
     policy = session_policy(plan)  # checked before the session exists
@@ -138,6 +141,8 @@ def create_planned_session(plan: Plan, *, model_override: str | None = None,
         prompt_metadata=list(plan.experiment.prompt_metadata), provider=plan.provider,
         linked_from=linked_from, changes=changes)
     write_policy(layout, policy)
+    if policy.limits():
+        record_policy(layout, policy, command="run" if linked_from is None else "resume --allow-changes")
     return layout
 
 
@@ -158,7 +163,7 @@ def execute_session(layout: SessionLayout, provider: Provider, *, instance: dg.D
         try:
             run_session(layout, bundle, definitions, instance or get_instance(), terminal=terminal)
         except (SessionError, BudgetExceeded) as exc:
-            paused = mark_paused_by_budget(layout)
+            paused = mark_paused_by_budget(layout)  # a new session: any pause in its ledger is this run's
             raise paused or exc from exc
     finally:
         if not keep_stack:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 
 def canonical_json(value: Any) -> str:
@@ -40,6 +41,12 @@ class LLMRequest(BaseModel):
     messages: list[dict[str, str]]
     params: dict[str, Any] = Field(default_factory=dict, description="temperature, max_tokens, seed...")
     response_format: dict[str, Any] | None = None
+    _key: str | None = PrivateAttr(default=None)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> LLMRequest:
+        copy = super().model_copy(update=update, deep=deep)
+        copy._key = None  # a copy with other fields is another call
+        return copy
 
     def key(self) -> str:
         """Hash of everything that determines the answer, and the replicate index.
@@ -47,6 +54,8 @@ class LLMRequest(BaseModel):
         Session and document ids are left out on purpose: an identical call made again (a resume,
         a linked session, a replay) is the same call and is answered from the archive at $0.
         """
+        if self._key is not None:  # frozen model: the key cannot change once computed
+            return self._key
         material = {
             "model": self.model,
             "purpose": self.purpose,
@@ -55,7 +64,9 @@ class LLMRequest(BaseModel):
             "response_format": self.response_format,
             "replicate": self.replicate,
         }
-        return sha256_text(canonical_json(material))
+        key = sha256_text(canonical_json(material))
+        self._key = key
+        return key
 
 
 class CallError(BaseModel):

@@ -6,7 +6,7 @@ the commands so `mva --help` stays fast.
 
 Exit codes: 0 done / intact; 1 ``status``: work missing or failed, ``verify``: a check failed;
 2 an error (message and hint printed); 3 ``resume`` finished but some records are invalid or failed;
-4 ``status``: an integrity problem.
+4 ``status``: an integrity problem, ``resume``: paused by its budget again (resumable; nothing lost).
 """
 
 from __future__ import annotations
@@ -36,15 +36,30 @@ SESSION_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
                    "tables without provider keys).")
 @click.option("--dry-run", is_flag=True, help="Say what would run; run nothing.")
 @click.option("--keep-proxy", is_flag=True, help="Leave the proxy and provider running afterwards.")
+@click.option("--budget", type=click.FloatRange(min=0), default=None,
+              help="Session budget in USD from now on (replaces the one in session_policy.json, as "
+                   "`mva run --budget` sets it). No call is sent that could cross it; the session pauses instead.")
+@click.option("--force", is_flag=True,
+              help="Resume a session that session.json says is running on another host (which cannot be "
+                   "checked from here): only once you are sure that run has stopped.")
 @reports_errors
 def resume(session_dir: Path, from_step: str | None, allow_changes: bool, offline: bool, dry_run: bool,
-           keep_proxy: bool) -> None:
-    """Finish SESSION_DIR: re-run only what is missing or invalid; nothing archived is paid again."""
+           keep_proxy: bool, budget: float | None, force: bool) -> None:
+    """Finish SESSION_DIR: re-run only what is missing or invalid; nothing archived is paid again.
+
+    Exit codes: 0 done, 2 error, 3 finished with failed items, 4 paused by its budget again
+    (resumable; nothing lost).
+    """
     from mva_dagster.cli.main import print_results
+    from mva_dagster.errors import BudgetExceeded
     from mva_dagster.sessions.resume import resume_session
 
-    outcome = resume_session(session_dir, from_step=from_step, allow_changes=allow_changes, dry_run=dry_run,
-                             offline=offline, keep_stack=keep_proxy)
+    try:
+        outcome = resume_session(session_dir, from_step=from_step, allow_changes=allow_changes, dry_run=dry_run,
+                                 offline=offline, keep_stack=keep_proxy, budget=budget, force=force)
+    except BudgetExceeded as exc:
+        click.echo(f"PAUSED: {exc}", err=True)
+        sys.exit(4)
     if dry_run:
         return
     sys.exit(print_results(outcome.layout.root))

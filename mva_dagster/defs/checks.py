@@ -43,7 +43,7 @@ def _build(name: str, fn: Callable[[SessionContext], CheckOutcome], description:
 
 def build_session_checks(bundle: ExperimentDefs) -> list[dg.AssetChecksDefinition]:
     """The session checks of one experiment, on its ``scores`` asset."""
-    scores = next(a.key for a in bundle.assets if a.key.path[-1] == "scores")
+    scores = bundle.key("scores")
     partitions = dg.DynamicPartitionsDefinition(name=bundle.sessions_partitions)
     return [_build(name, fn, description, scores, partitions, bundle.experiment)
             for name, (fn, description) in CHECKS.items()]

@@ -11,17 +11,20 @@ materialization records are the provenance; per-document details are logged as o
 """
 
 
+import os
 import re
 import sys
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from mva_dagster.llm.gateway import LLMGateway
 from mva_dagster.observe.provenance import observed_provider_versions
+from mva_dagster.records import ExtractedRecord
 from mva_dagster.sessions.layout import ExperimentLayout
 from mva_dagster.steps import analysis as analysis_step
 from mva_dagster.steps import extraction as extraction_step
@@ -55,6 +58,19 @@ class ExperimentDefs:
     jobs: list[UnresolvedAssetJobDefinition]
     schedules: list[dg.ScheduleDefinition]
 
+    @property
+    def asset_keys(self) -> list[dg.AssetKey]:
+        """Every asset key of the experiment, in dependency order (documents ... report)."""
+        return [key for a in self.assets for key in a.specs_by_key]
+
+    @property
+    def steps(self) -> list[str]:
+        """The assets' short names in dependency order: documents, analysis, extraction, ..."""
+        return [key.path[-1] for key in self.asset_keys]
+
+    def key(self, step: str) -> dg.AssetKey:
+        return next(k for k in self.asset_keys if k.path[-1] == step)
+
 
 def split_keys(keys: list[str]) -> dict[str, list[str]]:
     """Multi-partition keys 'document|session' grouped by session."""
@@ -63,6 +79,25 @@ def split_keys(keys: list[str]) -> dict[str, list[str]]:
         document_id, session_id = key.split("|", 1)
         by_session[session_id].append(document_id)
     return by_session
+
+
+OBSERVE_ENV = "MVA_OBSERVE_DOCUMENTS_MAX"
+
+
+def observe_documents_max() -> int:
+    """Runs over at most this many documents log one Dagster observation per document
+    (``$MVA_OBSERVE_DOCUMENTS_MAX``, default 200); larger runs log none, see docs/observability.md."""
+    try:
+        return int(os.environ.get(OBSERVE_ENV, "200"))
+    except ValueError:
+        return 200
+
+
+def _record_lines(records: list[ExtractedRecord]) -> str:
+    return "\n".join(
+        f"- {r.model} run {r.replicate}: "
+        + ("valid" if r.valid else "INVALID " + "; ".join(r.errors)[:200]) + f" [{r.extraction_path}]"
+        for r in records)
 
 
 def _reporter(context: dg.AssetExecutionContext) -> Callable[[str], None]:
@@ -98,91 +133,118 @@ def build_experiment_defs(experiment: ExperimentLayout) -> ExperimentDefs:
         session_id = context.run.tags.get(SESSION_TAG)
         sessions = [ctx_for(session_id)] if session_id else [SessionContext.load(s) for s in
                                                                reversed(experiment.sessions())]
-        seen = []
+        observe_each = len(context.partition_keys) <= observe_documents_max()
+        seen = 0
         for document_id in context.partition_keys:
-            entry = next((c.manifest.document(document_id) for c in sessions
-                          if any(d.id == document_id for d in c.manifest.documents)), None)
-            if entry is None:
+            ctx = next((c for c in sessions if c.manifest.has_document(document_id)), None)
+            if ctx is None:
                 raise dg.Failure(f"document {document_id} is in no session of {experiment.name}")
-            ctx = next(c for c in sessions if any(d.id == document_id for d in c.manifest.documents))
-            ctx.document_text(entry)  # refuses a changed or missing file
-            context.log_event(dg.AssetObservation(
-                asset_key=context.asset_key, partition=document_id,
-                metadata={"path": entry.path, "sha256": entry.sha256, "words": entry.n_words}))
-            seen.append(document_id)
-        return dg.MaterializeResult(metadata={"documents": len(seen)})
+            entry = ctx.manifest.document(document_id)
+            ctx.check_document(entry)  # refuses a changed or missing file
+            if observe_each:
+                context.log_event(dg.AssetObservation(
+                    asset_key=context.asset_key, partition=document_id,
+                    metadata={"path": entry.path, "sha256": entry.sha256, "words": entry.n_words}))
+            seen += 1
+        return dg.MaterializeResult(metadata={"documents": seen})
 
-    @dg.asset(key=[*prefix, "analysis"], group_name=group, partitions_def=per_doc,
-              deps=[dg.AssetDep(documents, partition_mapping=doc_from_multi)],
-              backfill_policy=dg.BackfillPolicy.single_run(), kinds={"litellm"},
-              description="One LLM call per document x model x run through the proxy; raw answers "
-                          "are archived in llm_archive/ before anything reads them.")
-    def analysis(context: dg.AssetExecutionContext, llm: LLMGateway) -> dg.MaterializeResult:
+    analysis_key = dg.AssetKey([*prefix, "analysis"])
+    extraction_key = dg.AssetKey([*prefix, "extraction"])
+
+    @dg.multi_asset(
+        name=f"{group}__per_document", group_name=group, partitions_def=per_doc, can_subset=True,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        specs=[
+            dg.AssetSpec(analysis_key, skippable=True, kinds={"litellm"},
+                         deps=[dg.AssetDep(documents, partition_mapping=doc_from_multi)],
+                         description="One LLM call per document x model x run through the proxy; raw "
+                                     "answers are archived in llm_archive/ before anything reads them."),
+            dg.AssetSpec(extraction_key, skippable=True, kinds={"json"}, deps=[analysis_key],
+                         description="Each archived answer parsed and validated against the output "
+                                     "contract as it lands; what the parser cannot read is transformed "
+                                     "by the experiment's extraction_model (archived like every call); "
+                                     "invalid answers are kept with their reasons."),
+        ])
+    def per_document(context: dg.AssetExecutionContext, llm: LLMGateway) -> Iterator[dg.MaterializeResult]:
+        """Analysis and extraction pipelined in one step: each answer is extracted, and its row added
+        to results/scores.csv, as soon as it is archived. Either can be materialized alone (a
+        re-extraction reads the archive and pays for nothing)."""
         report = _reporter(context)
+        selected = context.selected_asset_keys
+        do_analysis, do_extraction = analysis_key in selected, extraction_key in selected
+        by_session = split_keys(list(context.partition_keys))
+        observe_each = sum(len(d) for d in by_session.values()) <= observe_documents_max()
         totals = {"calls": 0, "sent": 0, "from_archive": 0, "failed": 0, "cost_usd": 0.0}
+        valid = invalid = 0
+        paths: dict[str, int] = defaultdict(int)
         provider_versions: dict[str, dict[str, int]] = {}
-        for session_id, document_ids in split_keys(list(context.partition_keys)).items():
+        for session_id, document_ids in by_session.items():
             ctx = ctx_for(session_id)
+            extractor = extraction_step.Extractor(ctx, llm, document_ids, report) if do_extraction else None
 
             def observe(document_id: str, outcomes: list[analysis_step.CallOutcome], scores_md: str,
                         session_id: str = session_id) -> None:
-                # Logged as each document's last call lands, so the UI shows scores mid-run.
+                # Logged as each document's last call lands, so the UI shows scores mid-run; above
+                # observe_documents_max() documents a run logs none (one event per document costs
+                # more than the call: bench/README.md), and session.log and `mva watch` show them.
+                if not observe_each:
+                    return
+                records = [o.record for o in outcomes if o.record is not None]
+                metadata: dict[str, Any] = {
+                    "calls": len(outcomes),
+                    "answered": sum(1 for o in outcomes if o.answered),
+                    "from_archive": sum(1 for o in outcomes if o.from_archive),
+                    "failed": [f"{o.model} run {o.replicate}: {o.error_class}" for o in outcomes
+                               if not o.answered],
+                    "cost_usd": round(sum(o.paid_usd for o in outcomes), 6),
+                    "models": sorted({o.model for o in outcomes}),
+                    "scores": dg.MetadataValue.md(scores_md)}
+                if records:
+                    metadata["records"] = dg.MetadataValue.md(_record_lines(records))
                 context.log_event(dg.AssetObservation(
-                    asset_key=context.asset_key, partition=f"{document_id}|{session_id}",
-                    metadata={
-                        "calls": len(outcomes),
-                        "answered": sum(1 for o in outcomes if o.answer is not None),
-                        "from_archive": sum(1 for o in outcomes if o.from_archive),
-                        "failed": [f"{o.model} run {o.replicate}: {o.error_class}" for o in outcomes
-                                   if o.answer is None],
-                        "cost_usd": round(sum(o.answer.cost_usd or 0 for o in outcomes
-                                              if o.answer and not o.from_archive), 6),
-                        "models": sorted({o.model for o in outcomes}),
-                        "scores": dg.MetadataValue.md(scores_md),
-                    }))
+                    asset_key=analysis_key, partition=f"{document_id}|{session_id}", metadata=metadata))
 
-            summary = analysis_step.run_analysis(ctx, llm, document_ids, report, on_document=observe)
-            provider_versions.update(observed_provider_versions(ctx.layout))
-            totals["calls"] += len(summary.outcomes)
-            totals["sent"] += summary.sent
-            totals["from_archive"] += summary.from_archive
-            totals["failed"] += len(summary.failed)
-            totals["cost_usd"] += summary.cost_usd
-        totals["cost_usd"] = round(float(totals["cost_usd"]), 6)
-        # The model ids the providers returned (from the proxy ledger), not the aliases asked for.
-        return dg.MaterializeResult(metadata={**totals, "provider_versions": provider_versions})
+            def observe_records(document_id: str, records: list[ExtractedRecord],
+                                session_id: str = session_id) -> None:
+                if observe_each:
+                    context.log_event(dg.AssetObservation(
+                        asset_key=extraction_key, partition=f"{document_id}|{session_id}",
+                        metadata={"records": dg.MetadataValue.md(_record_lines(records))}))
 
-    @dg.asset(key=[*prefix, "extraction"], group_name=group, partitions_def=per_doc, deps=[analysis],
-              backfill_policy=dg.BackfillPolicy.single_run(), kinds={"json"},
-              description="Each archived answer parsed and validated against the output contract; what "
-                          "the parser cannot read is transformed by the experiment's extraction_model "
-                          "(archived like every call); invalid answers are kept with their reasons.")
-    def extraction(context: dg.AssetExecutionContext, llm: LLMGateway) -> dg.MaterializeResult:
-        report = _reporter(context)
-        valid = invalid = 0
-        paths: dict[str, int] = defaultdict(int)
-        for session_id, document_ids in split_keys(list(context.partition_keys)).items():
-            summary = extraction_step.run_extraction(ctx_for(session_id), document_ids, llm, report)
-            for path, count in summary.by_path().items():
-                paths[path] += count
-            by_doc: dict[str, list[str]] = defaultdict(list)
-            for record in summary.records:
-                by_doc[record.document_id].append(
-                    f"{record.model} run {record.replicate}: "
-                    + ("valid" if record.valid else "INVALID " + "; ".join(record.errors)[:200])
-                    + f" [{record.extraction_path}]")
-            for document_id, lines in by_doc.items():
-                context.log_event(dg.AssetObservation(
-                    asset_key=context.asset_key, partition=f"{document_id}|{session_id}",
-                    metadata={"records": dg.MetadataValue.md("\n".join(f"- {x}" for x in lines))}))
-            valid += summary.valid
-            invalid += len(summary.invalid)
-            report(f"[extraction] {session_id}: {summary.valid} valid, {len(summary.invalid)} invalid "
-                   f"of {len(summary.records)} records")
-        return dg.MaterializeResult(metadata={"valid": valid, "invalid": invalid, "by_path": dict(paths)})
+            if do_analysis:
+                summary = analysis_step.run_analysis(ctx, llm, document_ids, report, on_document=observe,
+                                                     extractor=extractor)
+                provider_versions.update(observed_provider_versions(ctx.layout))
+                totals["calls"] += len(summary.outcomes)
+                totals["sent"] += summary.sent
+                totals["from_archive"] += summary.from_archive
+                totals["failed"] += len(summary.failed)
+                totals["cost_usd"] += summary.cost_usd
+                extracted = extractor.completed() if extractor is not None else None
+            else:
+                extracted = extraction_step.run_extraction(ctx, document_ids, llm, report,
+                                                           on_document=observe_records)
+            if extracted is not None:
+                for path, count in extracted.by_path().items():
+                    paths[path] += count
+                valid += extracted.valid
+                invalid += extracted.invalid
+                report(f"[extraction] {session_id}: {extracted.valid} valid, {extracted.invalid} invalid "
+                       f"of {extracted.records} records")
+                for line in extracted.invalid_examples[:5]:
+                    report(f"  invalid: {line}")
+        if do_analysis:
+            totals["cost_usd"] = round(float(totals["cost_usd"]), 6)
+            # The model ids the providers returned (from the proxy ledger), not the aliases asked for.
+            yield dg.MaterializeResult(asset_key=analysis_key,
+                                       metadata={**totals, "provider_versions": provider_versions})
+        if do_extraction:
+            yield dg.MaterializeResult(asset_key=extraction_key, metadata={
+                "valid": valid, "invalid": invalid, "by_path": dict(paths),
+                "pipelined": do_analysis})
 
     @dg.asset(key=[*prefix, "scores"], group_name=group, partitions_def=sessions_parts,
-              deps=[dg.AssetDep(extraction, partition_mapping=per_session_from_doc)], kinds={"duckdb"},
+              deps=[dg.AssetDep(extraction_key, partition_mapping=per_session_from_doc)], kinds={"duckdb"},
               description="One row per document x model x run: results/scores.csv and the DuckDB table.")
     def scores(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         ctx = ctx_for(context.partition_key)
@@ -251,7 +313,7 @@ def build_experiment_defs(experiment: ExperimentLayout) -> ExperimentDefs:
 
     documents_job = dg.define_asset_job(f"{group}__documents_job", selection=[documents],
                                         partitions_def=documents_parts)
-    per_document_job = dg.define_asset_job(f"{group}__per_document_job", selection=[analysis, extraction],
+    per_document_job = dg.define_asset_job(f"{group}__per_document_job", selection=[per_document],
                                            partitions_def=per_doc)
     session_job = dg.define_asset_job(f"{group}__session_job",
                                       selection=[scores, metrics, statistics, synthesis, report],
@@ -261,6 +323,6 @@ def build_experiment_defs(experiment: ExperimentLayout) -> ExperimentDefs:
         documents_partitions=str(documents_parts.name), sessions_partitions=str(sessions_parts.name),
         documents_job=documents_job.name, per_document_job=per_document_job.name,
         session_job=session_job.name,
-        assets=[documents, analysis, extraction, scores, metrics, statistics, synthesis, report],
+        assets=[documents, per_document, scores, metrics, statistics, synthesis, report],
         jobs=[documents_job, per_document_job, session_job], schedules=[],
     )

@@ -9,12 +9,14 @@ only if another corpus interleaved them; each contiguous stretch is one run).
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import os
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import dagster as dg
 
-from mva_dagster.defs.factory import SESSION_TAG, ExperimentDefs
+from mva_dagster.defs.factory import SESSION_TAG, ExperimentDefs, observe_documents_max
 from mva_dagster.errors import SessionError
 from mva_dagster.sessions.chronolog import Chronolog
 from mva_dagster.sessions.crashpoints import crash_point
@@ -24,6 +26,25 @@ from mva_dagster.sessions.manager import load_manifest, set_status
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+PLANNED_SUBSET_ENV = "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"
+
+
+@contextmanager
+def _planned_events(extra_tags: dict[str, str], segments: list[list[str]]) -> Iterator[None]:
+    """One 'materialization planned' event per asset for a run over many partitions, not one per
+    partition: those events cost more CPU than the calls (bench/README.md). Dagster then shows a
+    failed run's partitions as missing rather than failed; `mva status` has the detail."""
+    many = RANGE_START in extra_tags and sum(len(s) for s in segments) > observe_documents_max()
+    if not many or os.environ.get(PLANNED_SUBSET_ENV) is not None:
+        yield
+        return
+    os.environ[PLANNED_SUBSET_ENV] = "true"
+    try:
+        yield
+    finally:
+        os.environ.pop(PLANNED_SUBSET_ENV, None)
 
 
 @dataclass
@@ -93,7 +114,7 @@ def run_session(layout: SessionLayout, bundle: ExperimentDefs, definitions: dg.D
         # left out between two chosen ones) would lose that order in one run: each unbroken stretch
         # of chosen steps is its own run, in order.
         batches: list[list[dg.AssetKey]] = [[]]
-        for key in (a.key for a in bundle.assets if a.key in job.asset_layer.selected_asset_keys):
+        for key in (k for k in bundle.asset_keys if k in job.asset_layer.selected_asset_keys):
             if key.path[-1] in assets:
                 batches[-1].append(key)
             elif batches[-1]:
@@ -103,9 +124,10 @@ def run_session(layout: SessionLayout, bundle: ExperimentDefs, definitions: dg.D
 
     def run(job_name: str, job: dg.JobDefinition, selection: list[dg.AssetKey] | None,
             extra_tags: dict[str, str], partition_key: str | None) -> None:
-        outcome = job.execute_in_process(instance=instance, tags={**tags, **extra_tags},
-                                         partition_key=partition_key, run_config=QUIET,
-                                         raise_on_error=False, asset_selection=selection)
+        with _planned_events(extra_tags, segments):
+            outcome = job.execute_in_process(instance=instance, tags={**tags, **extra_tags},
+                                             partition_key=partition_key, run_config=QUIET,
+                                             raise_on_error=False, asset_selection=selection)
         result.run_ids.append(outcome.run_id)
         chronolog.append("DAGSTER_RUN_FINISHED", {"job": job_name, "run_id": outcome.run_id,
                                                   "success": outcome.success})

@@ -39,10 +39,9 @@ from mva_dagster.llm import cost as ledger
 from mva_dagster.llm.archive import SessionArchive
 from mva_dagster.llm.registry import ModelEntry
 from mva_dagster.records import LLMAnswer, LLMRequest
-from mva_dagster.sessions.chronolog import Chronolog, utc_now
+from mva_dagster.sessions.chronolog import Chronolog, report_torn_tail, utc_now
 from mva_dagster.sessions.layout import SessionLayout
 
-POLICY_NAME = "session_policy.json"
 THRESHOLDS = (0.5, 0.8, 1.0)
 LEVELS = ("session", "experiment", "project")
 WEBHOOK_TIMEOUT_S = 5.0
@@ -52,8 +51,9 @@ Report = Callable[[str], None]
 class SessionPolicy(BaseModel):
     """How a session may spend and what it may fall back to; fixed when the session is created.
 
-    Kept in ``<session>/session_policy.json`` because the manifest is immutable and a resume must
-    hold the same budgets (a higher budget is a deliberate edit of this file, or ``--budget``).
+    Kept in ``<session>/session_policy.json`` (:attr:`SessionLayout.session_policy`) because the
+    manifest is immutable and a resume must hold the same budgets (a higher budget is a deliberate
+    edit of this file, or ``mva resume --budget``).
     """
 
     session_usd: float | None = Field(default=None, ge=0)
@@ -68,19 +68,15 @@ class SessionPolicy(BaseModel):
         return {level: float(v) for level, v in values.items() if v is not None}
 
 
-def policy_path(layout: SessionLayout) -> Path:
-    return layout.root / POLICY_NAME
-
-
 def write_policy(layout: SessionLayout, policy: SessionPolicy) -> Path:
-    path = policy_path(layout)
+    path = layout.session_policy
     atomic_write_json(path, policy.model_dump(mode="json"))
     return path
 
 
 def load_policy(layout: SessionLayout) -> SessionPolicy:
     """The session's policy; a session made before policies existed has none (no budget)."""
-    path = policy_path(layout)
+    path = layout.session_policy
     if not path.exists():
         return SessionPolicy()
     try:
@@ -90,30 +86,53 @@ def load_policy(layout: SessionLayout) -> SessionPolicy:
                            hint="fix the file (budgets in USD) or delete it to run without budgets") from exc
 
 
-def set_session_budget(layout: SessionLayout, usd: float | None) -> SessionPolicy:
-    """Change the session budget of an existing (e.g. paused) session before resuming it."""
+def set_session_budget(layout: SessionLayout, usd: float | None, *, command: str | None = None) -> SessionPolicy:
+    """Change the session budget of an existing (e.g. paused) session before resuming it.
+
+    ``command`` (e.g. ``"resume"``) also records the change as ``BUDGET_SET`` in the session chronolog.
+    """
     policy = load_policy(layout)
+    previous = policy.session_usd
     policy.session_usd = usd
     policy.budget_source = "cli"
     write_policy(layout, policy)
+    if command is not None:
+        record_policy(layout, policy, command=command, extra={"previous_session_usd": previous})
     return policy
 
 
-def paused_state(layout: SessionLayout) -> dict[str, Any] | None:
-    """The ledger's last pause record, if the session's last stop was for a budget."""
-    path = ledger.ledger_path(layout)
-    return ledger.LedgerReader(path).refresh().paused if path.exists() else None
+def record_policy(layout: SessionLayout, policy: SessionPolicy, *, command: str,
+                  extra: dict[str, Any] | None = None) -> None:
+    """``BUDGET_SET`` in the session chronolog: the budgets the session holds from now on, set by
+    ``command`` (``run`` when it is created with budgets, ``resume`` for ``mva resume --budget``)."""
+    data: dict[str, Any] = {"command": command, "source": policy.budget_source,
+                            "session_usd": policy.session_usd, "experiment_usd": policy.experiment_usd,
+                            "project_usd": policy.project_usd, "policy": layout.session_policy.name,
+                            **(extra or {})}
+    Chronolog(layout.chronolog, project=layout.experiment.project.name,
+              session_id=layout.session_id).append("BUDGET_SET", data)
+
+
+def paused_state(layout: SessionLayout, *, since: int = 0) -> dict[str, Any] | None:
+    """The ledger's last pause record, if the session's last stop was for a budget.
+
+    ``since`` (a :func:`~mva_dagster.llm.cost.ledger_mark` taken before a run) counts only a pause
+    written by that run, not one left by an earlier run of the session.
+    """
+    path = layout.cost_ledger
+    return ledger.LedgerReader(path, start=since).refresh().paused if path.exists() else None
 
 
 PAUSED_STATUS = "paused_by_budget"
 
 
-def mark_paused_by_budget(layout: SessionLayout) -> BudgetExceeded | None:
+def mark_paused_by_budget(layout: SessionLayout, *, since: int = 0) -> BudgetExceeded | None:
     """If the session's last run stopped for a budget: set its status to *paused_by_budget* and
-    return the error to show (with how to resume); else None. Runners call this when a run failed."""
+    return the error to show (with how to resume); else None. Runners (`mva run`, `mva resume`) call
+    this when a run failed; ``since`` is the ledger mark taken before that run (see :func:`paused_state`)."""
     from mva_dagster.sessions.manager import set_status
 
-    pause = paused_state(layout)
+    pause = paused_state(layout, since=since)
     if pause is None:
         return None
     set_status(layout, PAUSED_STATUS)
@@ -121,15 +140,18 @@ def mark_paused_by_budget(layout: SessionLayout) -> BudgetExceeded | None:
     level = str(pause.get("level") or "session")
     Chronolog(layout.chronolog, project=layout.experiment.project.name, session_id=layout.session_id).append(
         "SESSION_PAUSED_BY_BUDGET", {k: pause.get(k) for k in ("level", "budget_usd", "committed_usd", "needed_usd")})
-    how = ("`mva run ... --budget USD` for a new session, or raise session_usd in "
-           f"{policy_path(layout)}" if level == "session"
-           else f"raise budget.{level} in the experiment, or session_policy.json's {level}_usd")
+    if level == "session":
+        how = (f"resume it with a higher budget: `mva resume {layout.root} --budget USD` (or raise "
+               f"session_usd in {layout.session_policy}, then `mva resume {layout.root}`)")
+    else:
+        how = (f"raise budget.{level} in the experiment, or {level}_usd in {layout.session_policy}; "
+               f"then resume it (`mva resume {layout.root}`)")
     return BudgetExceeded(
         f"session {layout.session_id} paused by its {level} budget of ${float(pause.get('budget_usd') or 0):.4f}: "
         f"${float(pause.get('committed_usd') or 0):.4f} spent or reserved, and the next call could cost up to "
         f"${float(pause.get('needed_usd') or 0):.4f}. {archived} answers are archived; nothing was sent "
         "over the budget and nothing is lost",
-        hint=f"to continue, {how}; then resume it (`mva resume {layout.root}`): archived answers cost $0",
+        hint=f"to continue, {how}: archived answers cost $0",
         level=level, budget_usd=pause.get("budget_usd"), committed_usd=pause.get("committed_usd"),
         needed_usd=pause.get("needed_usd"))
 
@@ -152,7 +174,7 @@ class BudgetGuard:
         self.limits = policy.limits()
         self.chronolog = chronolog
         self.report: Report = report or _to_stderr
-        self.path = ledger.ledger_path(layout)
+        self.path = layout.cost_ledger
         self.paused: BudgetExceeded | None = None
         self._mine_open = 0  # reservations of this process not settled yet
         self._lock = threading.Lock()
@@ -205,7 +227,7 @@ class BudgetGuard:
                     raise self.paused
             self._mine_open += 1
             reservation = Reservation(uuid.uuid4().hex, worst_usd, request.key(), request.model)
-            ledger.append(self.path, {
+            self._append({
                 "kind": "reserve", "id": reservation.id, "ts": utc_now(), "pid": os.getpid(),
                 "request_key": reservation.request_key, "session_id": request.session_id,
                 "document_id": request.document_id, "model": request.model, "replicate": request.replicate,
@@ -230,7 +252,7 @@ class BudgetGuard:
         if note:
             record["note"] = note
         with self._lock:
-            ledger.append(self.path, record)
+            self._append(record)
             self._mine_open = max(0, self._mine_open - 1)
         self._check_alerts()
 
@@ -253,7 +275,7 @@ class BudgetGuard:
 
     def _record_pause(self, exc: BudgetExceeded, request: LLMRequest) -> None:
         """Write the pause to the ledger (``mva cost`` and ``paused_state`` read it) and alert at 100 %."""
-        ledger.append(self.path, {
+        self._append({
             "kind": "pause", "ts": utc_now(), "level": exc.level, "budget_usd": exc.budget_usd,
             "committed_usd": exc.committed_usd, "needed_usd": exc.needed_usd,
             "refused": {"document_id": request.document_id, "model": request.model,
@@ -272,6 +294,11 @@ class BudgetGuard:
             time.sleep(0.02)
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _append(self, record: dict[str, Any]) -> None:
+        torn = ledger.append(self.path, record)
+        if torn is not None:  # a crash left half a line: it was set aside, say so
+            report_torn_tail(self.chronolog, torn)
 
     def _reader(self, path: Path) -> ledger.LedgerReader:
         if path not in self._readers:
@@ -343,7 +370,8 @@ class BudgetGuard:
             f"{where}, and the next call ({request.document_id}, {request.model}, run {request.replicate}) "
             f"could cost up to ${worst:.4f}",
             hint=f"the session is paused, nothing is lost; raise the {level} budget "
-                 + ("(`--budget USD`, or session_usd in session_policy.json) " if level == "session"
+                 + ("(`mva resume SESSION --budget USD`, or session_usd in session_policy.json) "
+                    if level == "session"
                     else f"({level}: in the experiment's budget) ")
                  + "and resume it: archived answers are not paid for again",
             level=level, budget_usd=limit, committed_usd=committed, needed_usd=worst)
@@ -366,7 +394,7 @@ class BudgetGuard:
         data = {"level": level, "threshold": threshold, "budget_usd": limit, "spent_usd": round(used, 6),
                 "session_id": self.layout.session_id, "experiment": self.layout.experiment.name,
                 "project": self.layout.experiment.project.name}
-        ledger.append(self.path, {"kind": "alert", "ts": utc_now(), **data})
+        self._append({"kind": "alert", "ts": utc_now(), **data})
         if self.chronolog is not None:
             self.chronolog.append("BUDGET_ALERT", data)
         what = "reached: the next call could cross it" if reached else "used"

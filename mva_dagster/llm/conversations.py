@@ -3,7 +3,9 @@
 Separate from workflow telemetry (the chronolog): this is what was said to which model and what it
 answered, with timing, tokens, cost, attempts and error class. The gateway calls
 :func:`record_answer` for every answer (sent, or served from the archive) and :func:`record_failure`
-for every call that failed after its retries; each line is fsync'd, in ``logs/conversations.jsonl``.
+for every call that failed after its retries; each line is fsync'd, in ``logs/conversations.jsonl``
+(:attr:`SessionLayout.conversations_log`), through :func:`mva_dagster.sessions.appendlog.append_line`:
+one locked ``write`` per line, and a torn line left by a crash set aside instead of glued to the next.
 
 One entry with ``from_archive: false`` and status ``ok``/``empty`` exists per archive file (the test
 suite checks the one-to-one match); an answer that a re-ask replaced gets its own ``superseded``
@@ -16,23 +18,21 @@ in :mod:`mva_dagster.observe.log_index`.
 from __future__ import annotations
 
 import json
-import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from mva_dagster.errors import LLMError
 from mva_dagster.records import LLMAnswer, LLMRequest, canonical_json, sha256_text
-from mva_dagster.sessions.chronolog import utc_now
+from mva_dagster.sessions.appendlog import append_line
+from mva_dagster.sessions.chronolog import Chronolog, report_torn_tail, utc_now
 from mva_dagster.sessions.layout import SessionLayout
 
 SCHEMA_VERSION = 2
-_lock = threading.Lock()
 
 
 def conversations_path(layout: SessionLayout) -> Path:
-    return layout.logs / "conversations.jsonl"
+    return layout.conversations_log
 
 
 def prompt_sha256(messages: list[dict[str, str]]) -> str:
@@ -41,15 +41,14 @@ def prompt_sha256(messages: list[dict[str, str]]) -> str:
 
 
 def _append(layout: SessionLayout, entry: dict[str, Any]) -> None:
-    layout.logs.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(entry, ensure_ascii=False, default=str) + "\n"
-    with _lock:
-        fd = os.open(conversations_path(layout), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line.encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    line = json.dumps(entry, ensure_ascii=False, default=str).encode("utf-8")
+    torn = append_line(layout.conversations_log, line, fsync=True)
+    if torn is not None:
+        chronolog = None
+        if layout.manifest.is_file():  # a session (not a bare folder some tool logs into)
+            chronolog = Chronolog(layout.chronolog, project=layout.experiment.project.name,
+                                  session_id=layout.session_id)
+        report_torn_tail(chronolog, torn)
 
 
 def _base(request: LLMRequest) -> dict[str, Any]:

@@ -1,6 +1,9 @@
 """The cost ledger: what every call of a session cost, durably, and totals for any part of a project.
 
-One JSON line per event in the session's ``logs/cost_ledger.jsonl``, appended and fsync'd:
+One JSON line per event in the session's ``logs/cost_ledger.jsonl`` (:attr:`SessionLayout.cost_ledger`),
+appended and fsync'd through :func:`mva_dagster.sessions.appendlog.append_line` (a file lock shared
+with other processes of the session; a torn line left by a crash is set aside, never glued to the
+next record):
 
 * ``reserve`` - before a call is sent: its worst-case cost (prompt tokens + ``max_tokens`` at the
   dearest candidate model's list price). Written first, so a crash never hides money in flight.
@@ -17,8 +20,6 @@ add up the ledgers below that folder (sessions from before the ledger count thei
 from __future__ import annotations
 
 import json
-import os
-import threading
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -27,34 +28,25 @@ from pathlib import Path
 from typing import Any
 
 from mva_dagster.errors import SessionError
+from mva_dagster.sessions.appendlog import TornTail, append_line
 from mva_dagster.sessions.layout import ExperimentLayout, ProjectLayout, SessionLayout
 
-LEDGER_NAME = "cost_ledger.jsonl"
 # The provider's tokenizer can count more than litellm's (Gemini and Claude are counted with a
 # tiktoken stand-in; the simulated provider counts characters / 4, measured +12 % on English).
 # Reservations add this margin to the counted prompt; completions are capped by max_tokens.
 PROMPT_MARGIN = 1.25
 PROMPT_PAD_TOKENS = 64
 
-_write_lock = threading.Lock()
+
+def append(path: Path, record: dict[str, Any]) -> TornTail | None:
+    """Append one line and fsync it; returns the torn tail a crash had left (now set aside), if any."""
+    return append_line(path, json.dumps(record, sort_keys=True, default=str).encode("utf-8"), fsync=True)
 
 
-def ledger_path(layout: SessionLayout) -> Path:
-    """``<session>/logs/cost_ledger.jsonl`` (kept next to the conversation log)."""
-    return layout.logs / LEDGER_NAME
-
-
-def append(path: Path, record: dict[str, Any]) -> None:
-    """Append one line and fsync it; one ``write`` per line keeps concurrent writers' lines whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode("utf-8")
-    with _write_lock:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def ledger_mark(layout: SessionLayout) -> int:
+    """Where the session's ledger ends now (its last complete line): pass it as ``since`` to
+    :func:`mva_dagster.llm.budget.paused_state` to see only what a run about to start writes."""
+    return LedgerReader(layout.cost_ledger).mark()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -133,9 +125,10 @@ class LedgerTotals:
 class LedgerReader:
     """Reads one session's ledger incrementally: each refresh parses only the new lines."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, start: int = 0) -> None:
+        """``start``: a byte offset (a :meth:`mark`) to read from; the lines before it are not counted."""
         self.path = path
-        self._offset = 0
+        self._offset = start
         self._open: dict[str, dict[str, Any]] = {}
         self._settled_ids: set[str] = set()
         self._settled = LedgerTotals()
@@ -162,6 +155,11 @@ class LedgerReader:
         totals.alerts = set(self._alerts)
         totals.paused = self._paused
         return totals
+
+    def mark(self) -> int:
+        """The offset just after the last complete line read so far (after a refresh)."""
+        self.refresh()
+        return self._offset
 
     def open_reservations(self) -> dict[str, dict[str, Any]]:
         self.refresh()
@@ -224,7 +222,7 @@ def archive_totals(layout: SessionLayout) -> LedgerTotals:
 
 
 def session_totals(layout: SessionLayout) -> LedgerTotals:
-    path = ledger_path(layout)
+    path = layout.cost_ledger
     return LedgerReader(path).refresh() if path.exists() else archive_totals(layout)
 
 
@@ -295,4 +293,4 @@ def cost_report(path: Path) -> dict[str, Any]:
 
 
 def ledger_paths(sessions: Iterable[SessionLayout]) -> list[Path]:
-    return [ledger_path(layout) for layout in sessions]
+    return [layout.cost_ledger for layout in sessions]

@@ -49,6 +49,7 @@ from mva_dagster.llm import conversations
 from mva_dagster.llm import cost as cost_ledger
 from mva_dagster.llm.archive import SessionArchive
 from mva_dagster.llm.budget import BudgetGuard, Reservation, session_guard, worst_case_usd
+from mva_dagster.llm.endpoints import client_options
 from mva_dagster.llm.limits import ModelLimiter, Ticket
 from mva_dagster.llm.registry import ModelEntry, Registry, load_registry
 from mva_dagster.records import LLMAnswer, LLMRequest
@@ -220,11 +221,12 @@ class LLMGateway(dg.ConfigurableResource):
     # -- the client ----------------------------------------------------------------------------
 
     def make_client(self, max_connections: int = 64) -> httpx.AsyncClient:
+        """A client for the proxy, or for several proxies in turn (llm/endpoints.py)."""
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         return httpx.AsyncClient(
-            base_url=resolve_proxy_url(self.proxy_url),
             headers={"Authorization": f"Bearer {proxy_key()}"},
             timeout=httpx.Timeout(self.request_timeout_s, connect=10.0),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            **client_options(resolve_proxy_url(self.proxy_url), limits=limits),
         )
 
     async def complete(

@@ -120,11 +120,35 @@ class Registry(BaseModel):
         return [var for var in entry.env if not env.get(var)]
 
 
+# Parsed registries by file identity: every request asks for its model's entry, and re-parsing the
+# YAML each time was half of the client's CPU per call (bench/README.md). An edited file (new
+# mtime, size or inode) is read again, so a changed price still takes effect at once.
+_CACHE: dict[tuple[str, int, int, int], Registry] = {}
+
+
 def load_registry(path: str | Path | None = None) -> Registry:
-    """Read and validate ``models.yaml`` (``$MVA_MODEL_REGISTRY``, else the packaged one)."""
+    """Read and validate ``models.yaml`` (``$MVA_MODEL_REGISTRY``, else the packaged one).
+
+    The result is cached until the file changes; treat it as read-only.
+    """
     if path is None and os.environ.get(REGISTRY_ENV):
         path = os.environ[REGISTRY_ENV]
     file = Path(path) if path is not None else DEFAULT_REGISTRY_PATH
+    try:
+        stat = file.stat()
+    except OSError as exc:
+        raise SpecError(f"cannot read the model registry: {exc}", file=file) from exc
+    identity = (str(file.resolve()), stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    cached = _CACHE.get(identity)
+    if cached is None:
+        cached = _read_registry(file)
+        if len(_CACHE) > 32:
+            _CACHE.clear()
+        _CACHE[identity] = cached
+    return cached
+
+
+def _read_registry(file: Path) -> Registry:
     try:
         raw = yaml.safe_load(file.read_text(encoding="utf-8"))
     except OSError as exc:

@@ -100,11 +100,9 @@ def reconcile_costs(layout: SessionLayout, *, tolerance: float = DEFAULT_TOLERAN
 
 def _cost_ledger_spent(layout: SessionLayout) -> float | None:
     """Settled spend in the session's cost ledger (``llm/cost.py``), or None without one."""
-    try:
-        from mva_dagster.llm.cost import ledger_path, session_totals
-    except ImportError:  # pragma: no cover - the cost ledger is another module's; fall back to the archive
-        return None
-    if not ledger_path(layout).exists():
+    from mva_dagster.llm.cost import session_totals
+
+    if not layout.cost_ledger.exists():
         return None
     return float(session_totals(layout).spent_usd)
 

@@ -110,10 +110,16 @@ def evidence_present(ctx: SessionContext) -> CheckOutcome:
 
 
 def session_budget(ctx: SessionContext) -> float | None:
-    """The USD budget the session recorded, else its experiment snapshot's ``budget:``."""
-    recorded = getattr(ctx.manifest, "budget", None)
-    if isinstance(recorded, int | float):
-        return float(recorded)
+    """The USD budget the session holds (``session_policy.json``: the experiment's ``budget:`` or
+    ``--budget`` of `mva run` / `mva resume`); for a session made before policies existed, its
+    experiment snapshot's ``budget:``."""
+    if ctx.layout.session_policy.exists():
+        from mva_dagster.llm.budget import load_policy
+
+        try:
+            return load_policy(ctx.layout).session_usd
+        except MvaError:
+            pass
     from mva_dagster.specs.experiment import load_experiment
 
     experiment = ctx.layout.experiment

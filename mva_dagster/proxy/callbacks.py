@@ -23,7 +23,6 @@ import json
 import os
 import secrets
 import sys
-import threading
 import time
 from collections.abc import Mapping
 from datetime import datetime
@@ -38,10 +37,9 @@ from litellm.types.proxy.auth.user_roles import LitellmUserRoles
 
 from mva_dagster.proxy.config import LEDGER_ENV, MASTER_KEY_ENV, REQUEST_KEY_HEADER
 from mva_dagster.proxy.keys import KeySpec, active_keys, auth_fields, load_key_table
+from mva_dagster.sessions.appendlog import append_line
 
 _MAX_ERROR_CHARS = 500
-
-_write_lock = threading.Lock()
 
 
 def ledger_path() -> Path:
@@ -54,17 +52,22 @@ def ledger_path() -> Path:
 
 
 def append_record(record: Mapping[str, Any], path: Path | None = None) -> None:
-    """Append one JSON line and fsync it; one ``write`` per line keeps concurrent lines whole."""
-    target = path or ledger_path()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(record, default=str, sort_keys=True) + "\n").encode("utf-8")
-    with _write_lock:
-        fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    """Append one JSON line and fsync it, through the sessions' :func:`append_line`.
+
+    Safe inside the proxy: it is called in a worker thread (``asyncio.to_thread``), never on the
+    event loop, so the file lock and the fsync never hold up other requests. The lock is held only
+    for one ``write`` by the proxy's own threads (or workers: unlike a thread lock, the ``flock``
+    also keeps several worker processes' lines whole), and it is released before the fsync; readers
+    take no lock. The file keeps its 0600 permissions. A torn line left by a proxy that died
+    mid-write is moved to ``proxy_ledger.jsonl.torn`` (and reported in the proxy log) instead of
+    swallowing the next record. Errors propagate to :meth:`MvaProxyLedger._log`, which reports them
+    and never fails the call.
+    """
+    line = json.dumps(record, default=str, sort_keys=True).encode("utf-8")
+    torn = append_line(path or ledger_path(), line, fsync=True, mode=0o600)
+    if torn is not None:
+        print(f"mva proxy ledger: an incomplete last line (a crash mid-write) was moved to {torn.set_aside_to}",
+              file=sys.stderr, flush=True)
 
 
 def build_record(

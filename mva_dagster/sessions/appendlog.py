@@ -88,8 +88,8 @@ def _last_newline_end(fd: int, size: int) -> int:
     return 0
 
 
-def _set_aside_torn_tail(fd: int, path: Path) -> TornTail | None:
-    """Called with the lock held: move an incomplete last line out of the way."""
+def _set_aside_torn_tail(fd: int, path: Path, mode: int = 0o644) -> TornTail | None:
+    """Called with the lock held: move an incomplete last line out of the way (to a file made with ``mode``)."""
     size = os.fstat(fd).st_size
     if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
         return None
@@ -98,7 +98,7 @@ def _set_aside_torn_tail(fd: int, path: Path) -> TornTail | None:
     aside = torn_path(path)
     note = json.dumps({"set_aside_at": _now(), "file": path.name, "offset": start,
                        "fragment": fragment.decode("utf-8", errors="replace")}, ensure_ascii=False)
-    afd = os.open(aside, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    afd = os.open(aside, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode)
     try:
         os.write(afd, (note + "\n").encode("utf-8"))
         os.fsync(afd)
@@ -110,11 +110,14 @@ def _set_aside_torn_tail(fd: int, path: Path) -> TornTail | None:
 
 
 @contextlib.contextmanager
-def locked_append(path: Path) -> Iterator[int]:
-    """An ``O_APPEND`` descriptor of ``path`` under an exclusive flock, surviving a concurrent rotation."""
+def locked_append(path: Path, mode: int = 0o644) -> Iterator[int]:
+    """An ``O_APPEND`` descriptor of ``path`` under an exclusive flock, surviving a concurrent rotation.
+
+    ``mode`` is the permission a new file is created with (before the umask).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, mode)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
@@ -130,14 +133,16 @@ def locked_append(path: Path) -> Iterator[int]:
 
 
 def append_line(path: Path, line: bytes | Callable[[], bytes], *, fsync: bool = True,
-                before_write: Callable[[int, bytes], None] | None = None) -> TornTail | None:
+                before_write: Callable[[int, bytes], None] | None = None, mode: int = 0o644) -> TornTail | None:
     """Append one line (built under the lock if ``line`` is callable, so timestamps stay ordered).
 
-    Returns the torn tail that was set aside first, if there was one. ``before_write`` is a hook
-    for crash tests (see :mod:`mva_dagster.sessions.crashpoints`).
+    The one writer of fsync'd JSON-lines files: chronologs, ``logs/failures.jsonl``, the cost ledger,
+    the conversation log, the proxy ledger. Returns the torn tail that was set aside first, if there
+    was one. ``before_write`` is a hook for crash tests (see :mod:`mva_dagster.sessions.crashpoints`);
+    ``mode`` is the permission a new file (and its ``.torn``) is created with.
     """
-    with locked_append(path) as fd:
-        torn = _set_aside_torn_tail(fd, path)
+    with locked_append(path, mode) as fd:
+        torn = _set_aside_torn_tail(fd, path, mode)
         data = line() if callable(line) else line
         if not data.endswith(b"\n"):
             data += b"\n"

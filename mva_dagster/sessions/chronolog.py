@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mva_dagster.errors import MvaError
-from mva_dagster.sessions.appendlog import PlainLog, append_line, read_jsonl
+from mva_dagster.sessions.appendlog import PlainLog, TornTail, append_line, read_jsonl
 from mva_dagster.sessions.crashpoints import torn_write
 from mva_dagster.sessions.layout import SessionLayout
 
@@ -121,6 +121,16 @@ class Chronolog:
             self.append("TORN_LINE_SET_ASIDE", {"offset": torn.offset, "bytes": len(torn.fragment),
                                                 "set_aside_to": torn.set_aside_to.name})
         return record
+
+
+def report_torn_tail(chronolog: Chronolog | None, torn: TornTail) -> None:
+    """Say that a torn last line of another session file (e.g. the cost ledger) was set aside:
+    on stderr, and as ``TORN_LINE_SET_ASIDE`` (with ``file``) in ``chronolog`` if there is one."""
+    print(f"mva: {torn.path} ended in an incomplete line (a crash mid-write); it was moved to "
+          f"{torn.set_aside_to}", file=sys.stderr, flush=True)
+    if chronolog is not None:
+        chronolog.append("TORN_LINE_SET_ASIDE", {"file": torn.path.name, "offset": torn.offset,
+                                                 "bytes": len(torn.fragment), "set_aside_to": torn.set_aside_to.name})
 
 
 def read_events(path: Path) -> tuple[list[dict[str, Any]], list[str]]:

@@ -7,11 +7,13 @@
         ├── framework_snapshot.md
         └── sessions/session_YYYYMMDD_HHMMSS/
             ├── session.json            what this session is (ids, hashes, models, provider)
+            ├── session_policy.json     budgets, alert webhook, fallbacks (changed by `--budget`)
             ├── session_chronolog.jsonl
             ├── llm_archive/            one file per answered call, written before use
             ├── extracted/              one validated (or invalid, kept) record per call
             ├── results/                scores/metrics CSV, session.duckdb, report.md
-            ├── logs/                   session.log (+ rotated .gz), failures.jsonl
+            ├── logs/                   session.log (+ rotated .gz), failures.jsonl, cost_ledger.jsonl,
+            │                           conversations.jsonl
             ├── experiment_snapshot.md  only in a linked session made with changed files
             ├── framework_snapshot.md   (idem): it takes precedence over the experiment's
             └── legacy/                 only in a migrated session: the legacy files, verbatim
@@ -65,6 +67,7 @@ class SessionLayout:
     own_framework_snapshot = property(lambda self: self.root / "framework_snapshot.md")
     legacy = property(lambda self: self.root / "legacy")
     manifest = property(lambda self: self.root / "session.json")
+    session_policy = property(lambda self: self.root / "session_policy.json")
     chronolog = property(lambda self: self.root / "session_chronolog.jsonl")
     llm_archive = property(lambda self: self.root / "llm_archive")
     extracted = property(lambda self: self.root / "extracted")
@@ -77,6 +80,8 @@ class SessionLayout:
     report_md = property(lambda self: self.results / "report.md")
     failures_log = property(lambda self: self.logs / "failures.jsonl")
     run_log = property(lambda self: self.logs / "session.log")
+    cost_ledger = property(lambda self: self.logs / "cost_ledger.jsonl")
+    conversations_log = property(lambda self: self.logs / "conversations.jsonl")
 
     def call_stem(self, document_id: str, model: str, replicate: int) -> str:
         """The one naming rule for per-call files: readable, and sorted by document."""

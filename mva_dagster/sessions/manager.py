@@ -17,7 +17,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 from mva_dagster.errors import SessionError
 from mva_dagster.fsutil import atomic_write_json, atomic_write_text, sha256_file
@@ -28,6 +28,7 @@ from mva_dagster.sessions.layout import (
     SessionLayout,
     check_safe_name,
 )
+from mva_dagster.sessions.liveness import Liveness, ProcessRef, check_process, this_process
 
 Provider = Literal["real", "local", "simulated"]
 
@@ -50,7 +51,8 @@ class SessionLink(BaseModel):
 
 
 class SessionManifest(BaseModel):
-    """What a session is. Written once at creation; only ``status`` and ``linked_sessions`` change."""
+    """What a session is. Written once at creation; only ``status`` (with ``running_process``) and
+    ``linked_sessions`` change. Fields added later are optional, so older manifests still load."""
 
     session_id: str
     project: str
@@ -79,12 +81,26 @@ class SessionManifest(BaseModel):
     linked_sessions: list[SessionLink] = Field(
         default_factory=list, description="Sessions started from this one with --allow-changes.")
     migrated_from: str | None = Field(default=None, description="The legacy folder this session came from.")
+    running_process: ProcessRef | None = Field(
+        default=None, description="While status is 'running': the process running it (pid, host, start time), "
+                                  "so a run that was killed can be told from a live one.")
+
+    _by_id: dict[str, DocumentEntry] | None = PrivateAttr(default=None)
 
     def document(self, document_id: str) -> DocumentEntry:
-        for entry in self.documents:
-            if entry.id == document_id:
-                return entry
-        raise SessionError(f"document {document_id!r} is not part of session {self.session_id}")
+        if self._by_id is None or len(self._by_id) != len(self.documents):  # built once: O(1) per call
+            self._by_id = {entry.id: entry for entry in self.documents}
+        entry = self._by_id.get(document_id)
+        if entry is None:
+            raise SessionError(f"document {document_id!r} is not part of session {self.session_id}")
+        return entry
+
+    def has_document(self, document_id: str) -> bool:
+        try:
+            self.document(document_id)
+        except SessionError:
+            return False
+        return True
 
 
 def software_versions() -> dict[str, str]:
@@ -111,10 +127,36 @@ def save_manifest(layout: SessionLayout, manifest: SessionManifest) -> None:
 
 
 def set_status(layout: SessionLayout, status: str) -> SessionManifest:
+    """Set the session's status. ``running`` records this process (pid, host, start time) as the one
+    running it, so `mva status` and `mva resume` can tell a live run from a killed one; any other
+    status clears it."""
     manifest = load_manifest(layout)
     manifest.status = status
+    manifest.running_process = this_process() if status == "running" else None
     save_manifest(layout, manifest)
     return manifest
+
+
+def run_liveness(manifest: SessionManifest) -> Liveness | None:
+    """For a session whose status is ``running``: is the process running it alive? None otherwise."""
+    if manifest.status != "running":
+        return None
+    return check_process(manifest.running_process)
+
+
+def effective_status(manifest: SessionManifest, liveness: Liveness | None = None) -> tuple[str, str]:
+    """(status, readable status): a ``running`` session whose process is gone is ``interrupted``.
+
+    ``liveness`` is :func:`run_liveness`'s answer if the caller has it already.
+    """
+    if manifest.status != "running":
+        return manifest.status, manifest.status
+    liveness = liveness or check_process(manifest.running_process)
+    if liveness.state == "dead":
+        return "interrupted", f"interrupted ({liveness.detail})"
+    if liveness.state == "alive":
+        return "running", f"running ({liveness.detail})"
+    return "running", f"running? ({liveness.detail})"
 
 
 def new_session_id(experiment: ExperimentLayout, now: datetime | None = None) -> str:

@@ -13,6 +13,12 @@ the same runner `mva run` uses, narrowed to some assets and documents:
 Before anything runs, the researcher's files are compared with what the session ran with. A changed
 framework, experiment or corpus is refused with a readable diff; ``--allow-changes`` starts a new
 session linked to this one instead, whose unchanged calls are answered from this archive at $0.
+
+A session whose status says ``running`` is resumed only if the process recorded as running it is
+gone (it was killed: the session is *interrupted*); a live run is refused, and one recorded on
+another host (which cannot be checked from here) needs ``force``. ``budget`` (``--budget USD``)
+sets the session budget before the run, as ``mva run --budget`` does; a run that stops on a budget
+leaves the session *paused_by_budget*, as ``mva run`` does.
 """
 
 from __future__ import annotations
@@ -27,10 +33,17 @@ from typing import Any
 
 import dagster as dg
 
-from mva_dagster.errors import CorpusError, SessionError, SpecError
+from mva_dagster.errors import BudgetExceeded, CorpusError, SessionError, SpecError
 from mva_dagster.sessions.chronolog import Chronolog
 from mva_dagster.sessions.layout import SessionLayout, session_layout_for
-from mva_dagster.sessions.manager import SessionManifest, load_manifest, readable_diff
+from mva_dagster.sessions.manager import (
+    SessionManifest,
+    effective_status,
+    load_manifest,
+    readable_diff,
+    run_liveness,
+    set_status,
+)
 from mva_dagster.sessions.status import SessionStatus, remove_debris, session_status
 
 Say = Callable[[str], None]
@@ -139,13 +152,13 @@ class ResumePlan:
 
 
 def _asset_order(bundle: Any) -> list[str]:
-    return [a.key.path[-1] for a in bundle.assets]
+    return bundle.steps
 
 
 def _downstream(definitions: dg.Definitions, bundle: Any, step: str) -> list[str]:
     """``step`` and every asset of the experiment downstream of it, in the bundle's order."""
     names = _asset_order(bundle)
-    key = next(a.key for a in bundle.assets if a.key.path[-1] == step)
+    key = bundle.key(step)
     graph = definitions.resolve_asset_graph()
     keys = dg.AssetSelection.assets(key).downstream().resolve(graph)
     chosen = {k.path[-1] for k in keys if k.path[:-1] == key.path[:-1]}
@@ -191,7 +204,8 @@ def plan_resume(layout: SessionLayout, status: SessionStatus, definitions: dg.De
     else:
         plan.assets = _downstream(definitions, bundle, from_step)
 
-    llm_assets = {a.key.path[-1] for a in bundle.assets if "llm" in a.required_resource_keys}
+    llm_assets = {key.path[-1] for a in bundle.assets if "llm" in a.required_resource_keys
+                  for key in a.specs_by_key}
     # Offline, the steps that exist to make calls are left out; extraction stays (its LLM link is only
     # a fallback for answers the parser cannot read, and fails as a call: the record is kept invalid).
     skipped = [a for a in plan.assets if a in llm_assets and a != "extraction"] if offline else []
@@ -265,20 +279,54 @@ def _check_intact(layout: SessionLayout, status: SessionStatus) -> None:
                  "or move a damaged archive entry aside so its call is made again")
 
 
+def check_not_running(layout: SessionLayout, manifest: SessionManifest, *, force: bool = False) -> str | None:
+    """Refuse to resume a session another process is still running. Returns the readable status of
+    a session whose run was killed (``interrupted (process N no longer running)``), else None."""
+    liveness = run_liveness(manifest)
+    if liveness is None:
+        return None
+    if liveness.state == "alive":
+        raise SessionError(
+            f"session {layout.session_id} is still running ({liveness.detail}); resuming it now would run "
+            "it twice",
+            hint=f"wait for it to finish (`mva watch {layout.root}`), or stop that process; "
+                 "then `mva resume` finishes what it left")
+    if liveness.state == "unknown" and manifest.running_process is not None and not force:
+        raise SessionError(
+            f"session {layout.session_id} says it is running: {liveness.detail}",
+            hint="make sure that process has stopped (or that its machine is gone), then resume with "
+                 "`--force`")
+    if liveness.state == "dead":
+        return effective_status(manifest, liveness)[1]
+    return None
+
+
 def resume_session(session_dir: Path, *, from_step: str | None = None, allow_changes: bool = False,
                    dry_run: bool = False, offline: bool = False, instance: dg.DagsterInstance | None = None,
-                   terminal: bool = True, keep_stack: bool = False, say: Say = _stderr) -> ResumeOutcome:
+                   terminal: bool = True, keep_stack: bool = False, say: Say = _stderr,
+                   budget: float | None = None, force: bool = False) -> ResumeOutcome:
     """Resume the session at ``session_dir`` (or start its linked successor); see the module docstring.
 
     ``offline`` leaves out every step that makes LLM calls (a migrated session's answers can become
-    tables without provider keys); ``dry_run`` only prints the plan.
+    tables without provider keys); ``dry_run`` only prints the plan. ``budget`` is the session
+    budget in USD from now on (``session_policy.json``, recorded as ``BUDGET_SET``). ``force``
+    resumes a session recorded as running on another host. Raises :class:`BudgetExceeded` when the
+    run paused on a budget (the session's status is then ``paused_by_budget``).
     """
     from mva_dagster.definitions import build_definitions
     from mva_dagster.defs.runner import run_session
     from mva_dagster.instance import get_instance
+    from mva_dagster.llm.budget import load_policy, mark_paused_by_budget, set_session_budget
+    from mva_dagster.llm.cost import ledger_mark
 
     layout = session_layout_for(session_dir)
     manifest = load_manifest(layout)
+    # First, before any file is touched: a live run must not be resumed under its feet.
+    interrupted = check_not_running(layout, manifest, force=force)
+    if interrupted:
+        say(f"session {layout.session_id}: {interrupted}")
+        if not dry_run:
+            manifest = set_status(layout, "interrupted")
     changes, notes = detect_changes(layout, manifest)
     for note in notes:
         say(f"note: {note}")
@@ -290,9 +338,10 @@ def resume_session(session_dir: Path, *, from_step: str | None = None, allow_cha
             say(f"would start a new session linked to {layout.session_id}: "
                 + "; ".join(c.summary for c in changes))
             return ResumeOutcome(layout, ResumePlan(layout, None, [], [], False))
-        linked_from, layout = layout, _start_linked_session(layout, manifest, changes, say)
+        linked_from, layout = layout, _start_linked_session(layout, manifest, changes, say, budget=budget)
         manifest = load_manifest(layout)
         from_step = None
+        budget = None  # the new session was created with it (BUDGET_SET in its chronolog)
 
     removed = [] if dry_run else remove_debris(layout)
     if removed:
@@ -305,16 +354,29 @@ def resume_session(session_dir: Path, *, from_step: str | None = None, allow_cha
     for line in plan.lines:
         say(f"resume {layout.session_id}: {line}")
     outcome = ResumeOutcome(layout, plan, linked_from=linked_from)
+    current = load_policy(layout).session_usd
+    was = f"${current:.4f}" if current is not None else "none"
+    if budget is not None:
+        if plan.nothing_to_do:
+            say(f"resume {layout.session_id}: nothing runs, so the session budget stays {was}")
+        elif dry_run:
+            say(f"resume {layout.session_id}: would set the session budget to ${budget:.4f} (now {was})")
     if plan.nothing_to_do or dry_run:
         return outcome
 
+    if budget is not None:
+        set_session_budget(layout, budget, command="resume")
+        say(f"resume {layout.session_id}: session budget set to ${budget:.4f} (was {was})")
     before = _archive_sources(layout)
     chronolog = Chronolog(layout.chronolog, project=manifest.project, session_id=manifest.session_id)
-    chronolog.append("RESUME_STARTED", {"from_step": from_step, "steps": plan.assets,
-                                        "documents": len(plan.documents),
-                                        "calls_without_answer": len(status.calls_unanswered),
-                                        "recoverable_at_no_cost": status.recoverable,
-                                        "debris_removed": [p.name for p in removed]})
+    data: dict[str, Any] = {"from_step": from_step, "steps": plan.assets, "documents": len(plan.documents),
+                            "calls_without_answer": len(status.calls_unanswered),
+                            "recoverable_at_no_cost": status.recoverable,
+                            "debris_removed": [p.name for p in removed]}
+    if interrupted:
+        data["previous_status"] = interrupted
+    chronolog.append("RESUME_STARTED", data)
+    mark = ledger_mark(layout)  # a pause written after this is this resume's
     started = time.monotonic()
     stack = None
     saved_env = {name: os.environ.get(name) for name in OFFLINE_ENV}
@@ -334,8 +396,16 @@ def resume_session(session_dir: Path, *, from_step: str | None = None, allow_cha
             say(f"Starting the {manifest.provider} provider and the LiteLLM proxy ...")
             stack = ensure_stack(manifest.provider)
             say(f"Proxy ready at {stack.proxy.url}")
-        run_session(layout, bundle, definitions, instance or get_instance(), terminal=terminal,
-                    assets=plan.assets, documents=plan.documents)
+        try:
+            run_session(layout, bundle, definitions, instance or get_instance(), terminal=terminal,
+                        assets=plan.assets, documents=plan.documents)
+        except (SessionError, BudgetExceeded) as exc:
+            # As `mva run` does: a run that stopped on a budget leaves the session paused_by_budget
+            # (not failed), with the same guidance on how to continue.
+            paused = mark_paused_by_budget(layout, since=mark)
+            if paused is None:
+                raise
+            raise paused from exc
     finally:
         if stack is not None and not keep_stack:
             stack.stop_started()
@@ -356,12 +426,13 @@ def resume_session(session_dir: Path, *, from_step: str | None = None, allow_cha
 
 
 def _start_linked_session(layout: SessionLayout, manifest: SessionManifest, changes: list[Change],
-                          say: Say) -> SessionLayout:
+                          say: Say, *, budget: float | None = None) -> SessionLayout:
     from mva_dagster.launch import create_planned_session, plan_session
 
     plan = plan_session(Path(manifest.experiment_source), corpus=Path(manifest.corpus_path),
                         model=manifest.model_override, provider=manifest.provider,
                         project_dir=layout.experiment.project.root, experiment_name=manifest.experiment)
+    plan.budget_override = budget  # `--budget`, as `mva run --budget` sets it
     new = create_planned_session(plan, model_override=manifest.model_override, linked_from=layout,
                                  changes=[c.summary for c in changes])
     say(f"inputs changed ({'; '.join(c.summary for c in changes)}): started session {new.session_id}, "

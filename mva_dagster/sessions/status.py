@@ -10,6 +10,10 @@ not a valid record). Integrity: the snapshots' sha256 against ``session.json``, 
 sha256, every archive entry's request key against a hash of its stored request, the chronolog.
 Crash debris (a temp file, a torn last log line) is listed apart: it is expected after a kill and
 ``mva resume`` clears it.
+
+A session whose manifest says ``running`` is checked against the process recorded as running it
+(:mod:`mva_dagster.sessions.liveness`): if that process is gone (``kill -9``, a lost machine), the
+session is reported as ``interrupted (process N no longer running)``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from mva_dagster.errors import ArchiveError, MvaError, SessionError
 from mva_dagster.fsutil import sha256_file
 from mva_dagster.sessions.appendlog import read_jsonl
 from mva_dagster.sessions.layout import SessionLayout
-from mva_dagster.sessions.manager import SessionManifest, load_manifest
+from mva_dagster.sessions.liveness import Liveness
+from mva_dagster.sessions.manager import SessionManifest, effective_status, load_manifest, run_liveness
 
 PER_CALL_STEPS = ("analysis", "extraction")
 SESSION_STEPS = ("scores", "metrics", "report")
@@ -61,6 +66,17 @@ class SessionStatus:
     calls_unanswered: list[Call] = field(default_factory=list)  # no answer (missing or failed)
     calls_unextracted: list[Call] = field(default_factory=list)  # answered, no current record
     recoverable: dict[str, int] = field(default_factory=dict)  # at $0: 'proxy journal', 'linked session'
+    liveness: Liveness | None = None  # status 'running': whether the process running it is alive
+
+    @property
+    def run_status(self) -> str:
+        """The manifest's status, except that a 'running' session whose process is gone is 'interrupted'."""
+        return effective_status(self.manifest, self.liveness)[0]
+
+    @property
+    def run_status_text(self) -> str:
+        """E.g. "interrupted (process 4242 no longer running)"."""
+        return effective_status(self.manifest, self.liveness)[1]
 
     def step(self, name: str) -> StepStatus:
         return next(s for s in self.steps if s.step == name)
@@ -79,8 +95,13 @@ class SessionStatus:
         return [d.id for d in self.manifest.documents if d.id in needing]
 
     def as_dict(self) -> dict[str, Any]:
+        process = self.manifest.running_process
         return {"session": str(self.layout.root), "session_id": self.manifest.session_id,
-                "status": self.manifest.status, "complete": self.complete, "intact": self.intact,
+                "status": self.run_status, "status_detail": self.run_status_text,
+                "recorded_status": self.manifest.status,
+                "process": process.model_dump(mode="json") if process and self.manifest.status == "running" else None,
+                "process_state": self.liveness.state if self.liveness else None,
+                "complete": self.complete, "intact": self.intact,
                 "steps": [s.as_dict() for s in self.steps], "problems": self.problems,
                 "debris": self.debris, "recoverable_at_no_cost": self.recoverable,
                 "linked_from": self.manifest.linked_from.session_id if self.manifest.linked_from else None,
@@ -88,7 +109,8 @@ class SessionStatus:
 
     def render(self) -> list[str]:
         m = self.manifest
-        lines = [f"Session {m.session_id} ({m.project} / {m.experiment}), status '{m.status}', provider {m.provider}",
+        lines = [f"Session {m.session_id} ({m.project} / {m.experiment}), status '{self.run_status_text}', "
+                 f"provider {m.provider}",
                  f"  {len(m.documents)} documents x {len(m.models)} model(s) x {m.runs_per_model} run(s)"]
         if m.linked_from:
             lines.append(f"  linked from {m.linked_from.session_id} (its archive answers unchanged calls)")
@@ -115,7 +137,12 @@ class SessionStatus:
         if self.debris:
             lines.append(f"  crash debris (harmless; `mva resume` clears it): {len(self.debris)}")
             lines.extend(f"    - {d}" for d in self.debris[:10])
-        if self.complete and self.intact:
+        if self.liveness is not None and self.liveness.state == "alive":
+            lines.append(f"  still running ({self.liveness.detail}): wait for it to finish before resuming")
+        elif self.liveness is not None and self.liveness.state == "unknown" and self.manifest.running_process:
+            lines.append(f"  {self.liveness.detail}: make sure it has stopped before resuming "
+                         "(`mva resume --force`)")
+        elif self.complete and self.intact:
             lines.append("  nothing to resume")
         elif self.intact:
             lines.append(f"  to finish: mva resume {self.layout.root}")
@@ -161,7 +188,7 @@ def session_status(layout: SessionLayout) -> SessionStatus:
     from mva_dagster.steps.context import SessionContext
 
     manifest = load_manifest(layout)
-    status = SessionStatus(layout=layout, manifest=manifest)
+    status = SessionStatus(layout=layout, manifest=manifest, liveness=run_liveness(manifest))
     snapshots_ok = _check_snapshots(layout, manifest, status)
     ctx = SessionContext(layout=layout, manifest=manifest)
 

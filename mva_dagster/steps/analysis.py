@@ -19,7 +19,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mva_dagster.errors import BudgetExceeded, LLMError, SpecError
 from mva_dagster.llm.archive import SessionArchive
@@ -28,16 +28,22 @@ from mva_dagster.llm.gateway import LLMGateway, default_check
 from mva_dagster.llm.limits import ModelLimiter
 from mva_dagster.llm.registry import load_registry
 from mva_dagster.observe.live import LiveObserver
-from mva_dagster.records import LLMAnswer
+from mva_dagster.records import ExtractedRecord, LLMAnswer
 from mva_dagster.sessions.appendlog import PlainLog, append_line
 from mva_dagster.sessions.chronolog import Chronolog, utc_now
 from mva_dagster.steps.context import SessionContext
+
+if TYPE_CHECKING:
+    from mva_dagster.steps.extraction import Extractor
 
 Report = Callable[[str], None]
 
 
 @dataclass
 class CallOutcome:
+    """How one call ended. ``answer`` and ``record`` are set while the call is being handled and
+    dropped once its document is done, so a long session does not keep the archive in memory."""
+
     document_id: str
     model: str
     replicate: int
@@ -47,6 +53,18 @@ class CallOutcome:
     error: str | None = None
     error_type: str | None = None
     not_sent: bool = False  # refused by a budget before sending: not a failure, the session paused
+    answered: bool = False
+    paid_usd: float = 0.0  # what this run paid for it, re-asked answers included; 0 from the archive
+    record: ExtractedRecord | None = None  # the extracted record, in a pipelined run
+
+    def land(self, answer: LLMAnswer, from_archive: bool) -> None:
+        self.answer, self.from_archive, self.answered = answer, from_archive, True
+        if not from_archive:
+            self.paid_usd = (answer.cost_usd or 0.0) + sum(s.cost_usd or 0.0 for s in answer.superseded)
+
+    def release(self) -> None:
+        self.answer = None
+        self.record = None
 
 
 # Called when a document's last call has landed: (document id, its outcomes, its scores as Markdown).
@@ -60,7 +78,7 @@ class AnalysisSummary:
 
     @property
     def sent(self) -> int:
-        return sum(1 for o in self.outcomes if o.answer is not None and not o.from_archive)
+        return sum(1 for o in self.outcomes if o.answered and not o.from_archive)
 
     @property
     def from_archive(self) -> int:
@@ -68,7 +86,7 @@ class AnalysisSummary:
 
     @property
     def failed(self) -> list[CallOutcome]:
-        return [o for o in self.outcomes if o.answer is None and not o.not_sent]
+        return [o for o in self.outcomes if not o.answered and not o.not_sent]
 
     @property
     def not_sent(self) -> list[CallOutcome]:
@@ -77,8 +95,7 @@ class AnalysisSummary:
     @property
     def cost_usd(self) -> float:
         """What this run paid, re-asked answers included (they were paid for too)."""
-        return sum((o.answer.cost_usd or 0.0) + sum(s.cost_usd or 0.0 for s in o.answer.superseded)
-                   for o in self.outcomes if o.answer and not o.from_archive)
+        return sum(o.paid_usd for o in self.outcomes)
 
     def by_document(self) -> dict[str, list[CallOutcome]]:
         grouped: dict[str, list[CallOutcome]] = defaultdict(list)
@@ -101,18 +118,22 @@ def model_concurrency(model: str) -> int:
 
 
 def run_analysis(ctx: SessionContext, gateway: LLMGateway, document_ids: list[str],
-                 report: Report, on_document: DocumentDone | None = None) -> AnalysisSummary:
+                 report: Report, on_document: DocumentDone | None = None,
+                 extractor: Extractor | None = None) -> AnalysisSummary:
+    """Send every call of ``document_ids`` (archive first). With an ``extractor`` the session is
+    pipelined: each answer is extracted (and its row added to results/scores.csv) as it lands."""
     session_log = PlainLog.for_path(ctx.layout.run_log)  # progress also goes to logs/session.log
 
     def report_and_log(line: str) -> None:
         report(line)
         session_log.write(line.strip())
 
-    return asyncio.run(_run(ctx, gateway, document_ids, report_and_log, on_document))
+    return asyncio.run(_run(ctx, gateway, document_ids, report_and_log, on_document, extractor))
 
 
 async def _run(ctx: SessionContext, gateway: LLMGateway, document_ids: list[str],
-               report: Report, on_document: DocumentDone | None = None) -> AnalysisSummary:
+               report: Report, on_document: DocumentDone | None = None,
+               extractor: Extractor | None = None) -> AnalysisSummary:
     calls = ctx.calls(document_ids)
     summary = AnalysisSummary()
     archive = SessionArchive(ctx.layout)
@@ -149,9 +170,9 @@ async def _run(ctx: SessionContext, gateway: LLMGateway, document_ids: list[str]
         request = ctx.analysis_request(document_id, model, replicate)
         async with limits[model]:
             try:
-                outcome.answer, outcome.from_archive = await gateway.complete(
+                outcome.land(*await gateway.complete(
                     client, request, archive, on_wait=on_wait, limiter=limiters[model], budget=guard,
-                    check=check, fallbacks=fallbacks.get(model), registry=registry)
+                    check=check, fallbacks=fallbacks.get(model), registry=registry))
             except BudgetExceeded:
                 outcome.not_sent = True
             except LLMError as exc:
@@ -161,6 +182,11 @@ async def _run(ctx: SessionContext, gateway: LLMGateway, document_ids: list[str]
         last_landed[0] = time.monotonic()
         if outcome.not_sent:
             return outcome
+        if extractor is not None:  # outside the call slot: a transformation never holds one
+            outcome.record = await extractor.extract(
+                document_id, model, replicate, outcome.answer, from_archive=False, request_key=request.key(),
+                failure=None if outcome.answered else {"error_class": outcome.error_class,
+                                                       "error": outcome.error})
         done += 1
         elapsed = time.monotonic() - started
         if outcome.answer is not None:
@@ -193,8 +219,11 @@ async def _run(ctx: SessionContext, gateway: LLMGateway, document_ids: list[str]
         scores_md = live.call_landed(request, outcome.answer, from_archive=outcome.from_archive,
                                      error_class=outcome.error_class, error=outcome.error)
         by_document[document_id].append(outcome)
-        if scores_md is not None and on_document is not None:
-            on_document(document_id, by_document[document_id], scores_md)
+        if scores_md is not None:
+            if on_document is not None:
+                on_document(document_id, by_document[document_id], scores_md)
+            for landed in by_document.pop(document_id):
+                landed.release()
         return outcome
 
     heartbeat = asyncio.create_task(_heartbeat(limiters, last_landed, report))
@@ -204,6 +233,8 @@ async def _run(ctx: SessionContext, gateway: LLMGateway, document_ids: list[str]
             summary.outcomes = list(await asyncio.gather(*(one(client, *call) for call in calls)))
     finally:
         heartbeat.cancel()
+        if extractor is not None:
+            await extractor.aclose()
         guard.report = report_before
         guard.wait_for_alerts()
     summary.seconds = time.monotonic() - started

@@ -6,8 +6,10 @@ the session recorded), never the researcher's working copies, which may have cha
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from mva_dagster.errors import SessionError, SpecError
@@ -19,6 +21,8 @@ from mva_dagster.records import LLMRequest
 from mva_dagster.sessions.layout import SessionLayout
 from mva_dagster.sessions.manager import DocumentEntry, SessionManifest, load_manifest
 from mva_dagster.specs.framework import Framework, load_framework
+
+TEXTS_KEPT = 256
 
 
 @dataclass
@@ -88,20 +92,37 @@ class SessionContext:
                 for rep in range(1, self.manifest.runs_per_model + 1)]
 
     def document_text(self, entry: DocumentEntry) -> str:
-        """The document's text, refusing a file that changed since the session was created."""
-        if entry.id not in self._texts:
-            from pathlib import Path
+        """The document's text, refusing a file that changed since the session was created.
 
-            path = Path(entry.path)
-            if not path.exists():
-                raise SessionError(f"document {entry.id}: {path} no longer exists",
-                                   hint="restore the corpus file; its sha256 is in session.json")
-            if sha256_file(path) != entry.sha256:
-                raise SessionError(f"document {entry.id}: {path} changed since the session was created",
-                                   hint="restore the original file (sha256 in session.json) or start "
-                                        "a new session")
-            self._texts[entry.id] = path.read_text(encoding="utf-8")
-        return self._texts[entry.id]
+        The last few texts are kept (a document's calls are built together); a corpus is never
+        held in memory whole.
+        """
+        text = self._texts.pop(entry.id, None)
+        if text is None:
+            data = self._read_checked(entry)
+            # As Path.read_text reads it (universal newlines): prompts, and so archive keys, unchanged.
+            text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+            if len(self._texts) >= TEXTS_KEPT:
+                self._texts.pop(next(iter(self._texts)))
+        self._texts[entry.id] = text  # most recently used last
+        return text
+
+    def check_document(self, entry: DocumentEntry) -> None:
+        """Refuse a document file that is missing or changed since the session was created."""
+        self._read_checked(entry)
+
+    def _read_checked(self, entry: DocumentEntry) -> bytes:
+        path = Path(entry.path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise SessionError(f"document {entry.id}: {path} no longer exists",
+                               hint="restore the corpus file; its sha256 is in session.json") from None
+        if hashlib.sha256(data).hexdigest() != entry.sha256:
+            raise SessionError(f"document {entry.id}: {path} changed since the session was created",
+                               hint="restore the original file (sha256 in session.json) or start "
+                                    "a new session")
+        return data
 
     def analysis_request(self, document_id: str, model: str, replicate: int) -> LLMRequest:
         """The exact request for one call; rebuilt identically by resume and replay."""

@@ -56,7 +56,9 @@ def session_data(ctx: SessionContext, records: list[ExtractedRecord] | None = No
         elif types and types <= {"string", "boolean"}:
             categorical.append(name)
     metrics = tables.metrics_frame(ctx, records)
-    return build_data(scores=tables.scores_frame(ctx, records), metrics=metrics,
+    scores = tables.scores_frame(ctx, records)
+    del records  # the records (every field of every run) are not needed for the join below
+    return build_data(scores=scores, metrics=metrics,
                       documents=tables.documents_frame(ctx), numeric_fields=numeric,
                       categorical_fields=categorical,
                       metric_names=[c for c in metrics.columns if c not in (*KEYS, "valid")],

@@ -6,7 +6,10 @@ the framework's output contract and calculation spec, so no framework field name
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import duckdb
@@ -15,6 +18,7 @@ import pandas as pd
 from mva_dagster.calc.formula import build_plan
 from mva_dagster.fsutil import atomic_write_text
 from mva_dagster.records import ExtractedRecord
+from mva_dagster.sessions.appendlog import append_line
 from mva_dagster.steps.context import SessionContext
 
 KEY_COLUMNS = ["document_id", "model", "replicate"]
@@ -29,19 +33,25 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def scores_frame(ctx: SessionContext, records: list[ExtractedRecord]) -> pd.DataFrame:
-    fields = ctx.record_shape.names  # nested contracts are flattened: one column per value
-    rows = []
-    for record in records:
-        row: dict[str, Any] = {
-            "document_id": record.document_id, "model": record.model, "replicate": record.replicate,
-            "valid": record.valid, "extraction_path": record.extraction_path,
-            "errors": "; ".join(record.errors), "flags": "; ".join(record.flags),
-        }
-        for name in fields:
-            row[name] = _cell(record.fields.get(name)) if record.valid else None
-        rows.append(row)
-    frame = pd.DataFrame(rows, columns=[*KEY_COLUMNS, "valid", "extraction_path", "errors", "flags", *fields])
+def scores_columns(ctx: SessionContext) -> list[str]:
+    # Nested contracts are flattened: one column per value.
+    return [*KEY_COLUMNS, "valid", "extraction_path", "errors", "flags", *ctx.record_shape.names]
+
+
+def scores_row(ctx: SessionContext, record: ExtractedRecord) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "document_id": record.document_id, "model": record.model, "replicate": record.replicate,
+        "valid": record.valid, "extraction_path": record.extraction_path,
+        "errors": "; ".join(record.errors), "flags": "; ".join(record.flags),
+    }
+    for name in ctx.record_shape.names:
+        row[name] = _cell(record.fields.get(name)) if record.valid else None
+    return row
+
+
+def scores_frame(ctx: SessionContext, records: Iterable[ExtractedRecord]) -> pd.DataFrame:
+    rows = [scores_row(ctx, record) for record in records]
+    frame = pd.DataFrame(rows, columns=scores_columns(ctx))
     return frame.sort_values(KEY_COLUMNS, kind="stable").reset_index(drop=True)
 
 
@@ -70,6 +80,52 @@ def documents_frame(ctx: SessionContext) -> pd.DataFrame:
 def csv_text(frame: pd.DataFrame) -> str:
     """The one way tables become CSV: deterministic float format and line endings."""
     return frame.to_csv(index=False, float_format=CSV_FLOAT_FORMAT, lineterminator="\n")
+
+
+class ProgressiveScores:
+    """``results/scores.csv`` while the records arrive: always a valid CSV, one line per record.
+
+    Opening it rewrites the file (atomically) with the header and the rows of the session's records
+    that ``keep`` says stay as they are; each new record is then appended as one whole line under
+    the append lock (a line torn by a crash is set aside, see sessions/appendlog.py). Rows are in
+    landing order; the ``scores`` asset rewrites the file sorted once the batch is done. The
+    records in ``extracted/`` stay the truth: this file is a view to watch and open mid-run.
+    """
+
+    def __init__(self, ctx: SessionContext, keep: Callable[[tuple[str, str, int]], bool]) -> None:
+        self.ctx = ctx
+        self.path = ctx.layout.scores_csv
+        self.columns = scores_columns(ctx)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(self.columns)
+        for call in ctx.calls():  # streamed: one record in memory at a time
+            if not keep(call):
+                continue
+            path = ctx.layout.extracted_path(*call)
+            if path.exists():
+                record = ExtractedRecord.model_validate_json(path.read_text(encoding="utf-8"))
+                writer.writerow(self._cells(record))
+        atomic_write_text(self.path, buffer.getvalue())
+
+    def _cells(self, record: ExtractedRecord) -> list[str]:
+        row = scores_row(self.ctx, record)
+        return [_csv_cell(row[name]) for name in self.columns]
+
+    def add(self, record: ExtractedRecord) -> None:
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerow(self._cells(record))
+        append_line(self.path, buffer.getvalue().encode("utf-8"), fsync=False)
+
+
+def _csv_cell(value: Any) -> str:
+    """A cell as :func:`csv_text` writes it (floats to 12 significant digits, None empty)."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if value != value else CSV_FLOAT_FORMAT % value
+    return str(value)
 
 
 def write_table(ctx: SessionContext, name: str, frame: pd.DataFrame) -> None:

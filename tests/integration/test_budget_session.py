@@ -1,6 +1,7 @@
 """A budget crossed mid-session: the session pauses with zero calls over the budget (counted from the
-simulated provider's own ledger), nothing is lost, and it resumes under a raised budget paying only
-for what is missing."""
+simulated provider's own ledger), nothing is lost; resumed under the same budget it pauses again
+(status paused_by_budget, exit 4), and `mva resume --budget` continues it paying only for what is
+missing."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from click.testing import CliRunner
 from mva_dagster.errors import BudgetExceeded
 from mva_dagster.launch import launch_session
 from mva_dagster.llm.archive import SessionArchive
-from mva_dagster.llm.budget import set_session_budget
 from mva_dagster.sessions.chronolog import read_events
 from mva_dagster.sessions.layout import ExperimentLayout
 from mva_dagster.sessions.manager import load_manifest
@@ -38,7 +38,6 @@ def served_for(keys: set[str]) -> list[dict[str, Any]]:
 def test_a_budget_crossed_mid_session_pauses_with_zero_calls_over(simulated_stack: Any, tmp_path: Path) -> None:
     from mva_dagster.cli.main import main
     from mva_dagster.demo.sotu_corpus import build_sotu_corpus
-    from mva_dagster.sessions.resume import resume_session
 
     corpus = build_sotu_corpus(tmp_path / "corpus", words=40, fileids=(
         "1982-Reagan-1", "1990-Bush-1", "1994-Clinton-1", "2002-Bush-1", "2010-Obama-1", "2018-Trump-1"))
@@ -70,9 +69,28 @@ def test_a_budget_crossed_mid_session_pauses_with_zero_calls_over(simulated_stac
     alerts = [e["data"]["threshold"] for e in read_events(layout.chronolog)[0] if e["event"] == "BUDGET_ALERT"]
     assert 0.5 in alerts and 1.0 in alerts
 
-    set_session_budget(layout, 1.0)  # raise it, then resume: only the missing calls are paid for
-    resume_session(layout.root, keep_stack=True)
+    # Resumed under the same budget, it pauses again - and ends paused_by_budget (not failed), with
+    # the same guidance and exit code as `mva run`.
+    before = {line["x_mva_request_key"] for line in served}
+    repaused = CliRunner().invoke(main, ["resume", str(layout.root), "--keep-proxy"])
+    output = repaused.output + (repaused.stderr if repaused.stderr_bytes else "")
+    assert repaused.exit_code == 4, output
+    assert "PAUSED: " in output and f"mva resume {layout.root} --budget USD" in output
+    assert load_manifest(layout).status == "paused_by_budget"
+    assert {line["x_mva_request_key"] for line in served_for(keys)} == before  # nothing more was sent
+    paused_events = [e for e in read_events(layout.chronolog)[0] if e["event"] == "SESSION_PAUSED_BY_BUDGET"]
+    assert len(paused_events) == 2
+
+    # Raised on the command line, as `mva run --budget` sets it: only the missing calls are paid for.
+    done = CliRunner().invoke(main, ["resume", str(layout.root), "--keep-proxy", "--budget", "1.0"])
+    assert done.exit_code == 0, done.output
+    policy = json.loads(layout.session_policy.read_text())
+    assert policy["session_usd"] == 1.0 and policy["budget_source"] == "cli"
+    budget_set = [e["data"] for e in read_events(layout.chronolog)[0] if e["event"] == "BUDGET_SET"]
+    assert [(b["command"], b["session_usd"]) for b in budget_set] == [("run", BUDGET), ("resume", 1.0)]
+    assert budget_set[1]["previous_session_usd"] == BUDGET and budget_set[1]["source"] == "cli"
+    assert load_manifest(layout).status == "completed"
     scores = pd.read_csv(layout.scores_csv)
     assert len(scores) == len(keys) and scores["valid"].all()
     again = served_for(keys)
-    assert len(again) == len(keys)  # each analysis call served exactly once over both runs
+    assert len(again) == len(keys)  # each analysis call served exactly once over all three runs

@@ -20,6 +20,7 @@ from typing import Any
 
 import dagster as dg
 import httpx
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -152,6 +153,13 @@ def _run_watched_session(simulated_stack: Any, tmp_path_factory: pytest.TempPath
             seen["status_then"] = load_manifest(layout).status
             seen["alive_then"] = run.is_alive()
             seen["frame_then"] = CliRunner().invoke(main, ["watch", str(layout.root), "--once"]).output
+            # Pipelined: records and results/scores.csv grow while calls are still being answered.
+            seen["archived_then"] = len(SessionArchive(layout).keys())
+            seen["extracted_then"] = len(list(layout.extracted.glob("*.json")))
+            seen["csv_rows_then"] = [len(pd.read_csv(layout.scores_csv))]
+            while run.is_alive():  # every read of the growing file is a valid CSV
+                seen["csv_rows_then"].append(len(pd.read_csv(layout.scores_csv)))
+                time.sleep(0.2)
             run.join(timeout=300)
         assert not run.is_alive() and run.error is None, repr(run.error)
         seen.update(layout=layout, console=console.getvalue(), projects=root / "projects")
@@ -273,3 +281,16 @@ def test_watch_search_show_replay_and_health(observed: dict[str, Any]) -> None:
     healthy = runner.invoke(main, ["health", "--provider", "simulated", "--projects-dir", projects])
     assert healthy.exit_code == 0, healthy.output
     assert "OK    proxy/simulated" in healthy.output and "OK    archive" in healthy.output
+
+
+def test_extraction_and_scores_csv_are_pipelined(observed: dict[str, Any]) -> None:
+    """Each answer is extracted and its row added to results/scores.csv as it lands, not after the
+    whole batch; the file is a valid CSV at every moment, and ends sorted and complete."""
+    assert observed["archived_then"] < 6
+    assert 1 <= observed["extracted_then"] <= observed["archived_then"] + 1
+    rows = observed["csv_rows_then"]
+    assert rows[0] >= 1 and rows == sorted(rows) and rows[-1] <= 6
+    layout: SessionLayout = observed["layout"]
+    final = pd.read_csv(layout.scores_csv)
+    assert len(final) == 6
+    assert list(final["document_id"]) == sorted(final["document_id"])

@@ -202,7 +202,7 @@ def test_reservations_left_by_a_dead_process_are_reconciled(tmp_path: Path) -> N
     layout = session(tmp_path)
     archived, lost = request(1, layout), request(2, layout)
     for n, req in ((1, archived), (2, lost)):
-        ledger.append(ledger.ledger_path(layout), {
+        ledger.append(layout.cost_ledger, {
             "kind": "reserve", "id": f"r{n}", "pid": -1, "request_key": req.key(), "document_id": req.document_id,
             "model": req.model, "replicate": 1, "purpose": "analysis", "worst_usd": 0.25})
     SessionArchive(layout).store(archived, answer(archived, 0.05))
