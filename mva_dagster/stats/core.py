@@ -13,9 +13,9 @@ missing values allowed). Tests wrap scipy and add the effect sizes scipy leaves 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import combinations
 from typing import Any
 
 import numpy as np
@@ -169,24 +169,32 @@ def krippendorff_alpha(units: Sequence[Sequence[Any]], level: str = "interval") 
     pairable = [unit for unit in pairable if len(unit) >= 2]
     if not pairable:
         raise NotComputable("no document has two or more valid runs to compare")
+    # The coincidence-matrix sums in closed form, linear in the number of values (the pairwise sum
+    # over distinct values was quadratic: 20,000 distinct metric values made 2e8 pairs).
     if level == "interval":
-        pairable = [[float(v) for v in unit] for unit in pairable]
-
-    def delta(a: Any, b: Any) -> float:
-        return float((a - b) ** 2) if level == "interval" else float(a != b)
-
-    counts: dict[Any, float] = {}
-    observed = 0.0
-    for unit in pairable:
-        m = len(unit)
-        for value in unit:
-            counts[value] = counts.get(value, 0.0) + 1.0
-        observed += sum(2 * delta(a, b) for a, b in combinations(unit, 2)) / (m - 1)
-    n = sum(counts.values())
-    values = list(counts)
-    expected = sum(counts[a] * counts[b] * delta(a, b) * 2 for a, b in combinations(values, 2))
-    if expected == 0:
-        raise NotComputable("every valid run has the same value, so agreement beyond chance is undefined")
+        # sum over ordered pairs of (a - b)^2 = 2 m * sum of squared deviations from the mean
+        everything = np.array([float(v) for unit in pairable for v in unit])
+        if np.ptp(everything) == 0:
+            raise NotComputable("every valid run has the same value, so agreement beyond chance is undefined")
+        sizes = np.array([len(unit) for unit in pairable])
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        deviations = everything - np.repeat(np.add.reduceat(everything, starts) / sizes, sizes)
+        observed = float((2 * sizes * np.add.reduceat(deviations**2, starts) / (sizes - 1)).sum())
+        n = float(len(everything))
+        expected = 2 * n * float(((everything - everything.mean()) ** 2).sum())
+    else:
+        # ordered pairs that disagree = m^2 - sum of each value's count squared
+        totals: Counter[Any] = Counter()
+        observed = 0.0
+        for unit in pairable:
+            counts = Counter(unit)
+            totals.update(counts)
+            m = len(unit)
+            observed += (m * m - sum(c * c for c in counts.values())) / (m - 1)
+        n = float(sum(totals.values()))
+        expected = n * n - float(sum(c * c for c in totals.values()))
+        if expected == 0:
+            raise NotComputable("every valid run has the same value, so agreement beyond chance is undefined")
     return float(1 - (n - 1) * observed / expected)
 
 

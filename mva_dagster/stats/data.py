@@ -34,14 +34,18 @@ class StatsData:
     runs_per_model: int
     invalid_records: int = 0
 
+    def model_rows(self, model: str, columns: list[str]) -> pd.DataFrame:
+        """``columns`` of one model's records (a copy of those columns only, not of every column)."""
+        return self.records.loc[self.records["model"] == model, columns]
+
     def doc_means(self, model: str, source: str) -> pd.Series:
         """Mean of the valid runs per document (index document_id, sorted)."""
-        rows = self.records[self.records["model"] == model]
+        rows = self.model_rows(model, ["document_id", source])
         return rows.groupby("document_id", sort=True)[source].mean().dropna()
 
     def runs_matrix(self, model: str, source: str) -> tuple[pd.DataFrame, list[str]]:
         """documents x runs for one model; documents missing a run are dropped (and named)."""
-        rows = self.records[self.records["model"] == model]
+        rows = self.model_rows(model, ["document_id", "replicate", source])
         wide = rows.pivot(index="document_id", columns="replicate", values=source)
         wide = wide.reindex(index=sorted(self.documents["document_id"]),
                             columns=range(1, self.runs_per_model + 1))
@@ -179,7 +183,7 @@ def grouped_values(data: StatsData, grouping: Grouping, model: str, source: str,
             if group is not None:
                 out.setdefault(group, []).append(float(value))
     else:
-        rows = data.records[data.records["model"] == model]
+        rows = data.model_rows(model, ["document_id", "replicate", source])
         for d, r, value in zip(rows["document_id"], rows["replicate"], rows[source], strict=True):
             if pd.isna(value):
                 continue

@@ -32,6 +32,8 @@ SUPPORTED, NOT_SUPPORTED, NOT_COMPUTABLE = "supported", "not supported", "not co
 DESCRIPTIVE, NOT_TESTED, MIXED = "descriptive", "not tested", "mixed"
 DEFAULT_ALPHA = 0.05
 MAX_CATEGORIES = 12  # a string answer with more distinct values is free text, not a category
+MAX_NAMED = 10  # documents or groups named in one text cell; the rest are counted ("and 490 more")
+MAX_PAIRWISE_GROUPS = 200  # pairwise tests grow with the square of the groups: 200 groups, 19,900 pairs
 
 TEST_COLUMNS = [
     "test_id", "hypothesis", "test_name", "method", "model", "data_source", "grouping", "comparison",
@@ -61,6 +63,17 @@ def fmt(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def named(items: list[str], limit: int = MAX_NAMED) -> str:
+    """``items`` joined for a text cell, the first ``limit`` named and the rest counted.
+
+    A cell lists documents or groups; at 10,000 documents an unbounded list would be longer than
+    the rest of the table (and the synthesis prompt) together.
+    """
+    if len(items) <= limit:
+        return ", ".join(items)
+    return f"{', '.join(items[:limit])} and {len(items) - limit} more"
+
+
 def fmt_p(p: float | None) -> str:
     if p is None or math.isnan(p):
         return "n/a"
@@ -78,19 +91,33 @@ class StatisticsResult:
 # ---------------------------------------------------------------- standard tables
 
 
+DOCUMENT_COLUMNS = ["model", "document_id", "data_source", "n_runs", "mean", "sd", "min", "max"]
+
+
 def document_table(data: StatsData) -> pd.DataFrame:
-    """Per model x document x data source: runs, mean, SD across runs (the inter-run spread), range."""
-    rows = []
-    grouped = data.records.groupby(["model", "document_id"], sort=True)
-    for (model, document_id), part in grouped:
-        for source in data.numeric:
-            values = part[source].dropna().to_numpy(dtype=float)
-            rows.append({"model": model, "document_id": document_id, "data_source": source,
-                         "n_runs": len(values), "mean": values.mean() if len(values) else None,
-                         "sd": values.std(ddof=1) if len(values) >= 2 else None,
-                         "min": values.min() if len(values) else None,
-                         "max": values.max() if len(values) else None})
-    return pd.DataFrame(rows, columns=["model", "document_id", "data_source", "n_runs", "mean", "sd", "min", "max"])
+    """Per model x document x data source: runs, mean, SD across runs (the inter-run spread), range.
+
+    One grouped aggregation for every source at once (a Python loop over documents x sources was
+    the statistics step's slowest part at 10,000 documents); rows in (model, document, source) order.
+    """
+    sources = list(data.numeric)
+    if not sources or data.records.empty:
+        return pd.DataFrame(columns=DOCUMENT_COLUMNS)
+    grouped = data.records.groupby(["model", "document_id"], sort=True)[sources]
+    count = grouped.count()
+    keys, k = count.index, len(sources)
+
+    def flat(frame: pd.DataFrame) -> np.ndarray:
+        return frame.reindex(index=keys, columns=sources).to_numpy(dtype=float).ravel()
+
+    return pd.DataFrame({
+        "model": np.repeat(keys.get_level_values(0).to_numpy(), k),
+        "document_id": np.repeat(keys.get_level_values(1).to_numpy(), k),
+        "data_source": np.tile(np.array(sources, dtype=object), len(keys)),
+        "n_runs": count.to_numpy(dtype=np.int64).ravel(),
+        "mean": flat(grouped.mean()) + 0.0, "sd": flat(grouped.std(ddof=1)),  # + 0.0: no "-0" mean
+        "min": flat(grouped.min()), "max": flat(grouped.max()),
+    }, columns=DOCUMENT_COLUMNS)
 
 
 def _describe(values: list[float]) -> dict[str, Any]:
@@ -130,7 +157,7 @@ def reliability_rows(data: StatsData) -> dict[tuple[str, str], dict[str, Any]]:
             row.update(n_documents=len(matrix), documents_excluded=len(incomplete))
             if incomplete:
                 notes.append(f"documents without every run valid, left out of alpha and ICC: "
-                             f"{', '.join(incomplete)}")
+                             f"{named(incomplete)}")
             values = matrix.to_numpy(dtype=float)
             try:
                 a = core.cronbach_alpha(values)
@@ -149,18 +176,39 @@ def reliability_rows(data: StatsData) -> dict[tuple[str, str], dict[str, Any]]:
                 row["krippendorff_alpha"] = core.krippendorff_alpha(full, "interval")
             except NotComputable as exc:
                 notes.append(f"Krippendorff's alpha: {exc}")
-            sds = [float(np.std(u, ddof=1)) for u in full if len(u) >= 2]
-            if sds:
+            sds = inter_run_sds(full)
+            if len(sds):
                 row.update(mean_inter_run_sd=float(np.mean(sds)), max_inter_run_sd=float(np.max(sds)))
             row["note"] = "; ".join(notes) or None
             out[(model, source)] = row
     return out
 
 
+def inter_run_sds(units: list[list[Any]]) -> np.ndarray:
+    """The SD (ddof 1) of each unit with two or more values, as ``np.std`` per unit, in one pass.
+
+    ``np.std`` called per document was most of the statistics step's time at 10,000 documents.
+    """
+    kept = [u for u in units if len(u) >= 2]
+    if not kept:
+        return np.empty(0)
+    sizes = np.array([len(u) for u in kept])
+    values = np.array([float(v) for u in kept for v in u])
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    deviations = values - np.repeat(np.add.reduceat(values, starts) / sizes, sizes)
+    return np.sqrt(np.add.reduceat(deviations * deviations, starts) / (sizes - 1))
+
+
 def _all_runs(data: StatsData, model: str, source: str) -> tuple[list[list[Any]], list[str]]:
     """Each document's valid run values (any number of runs), documents in sorted order."""
-    rows = data.records[data.records["model"] == model]
-    by_document = {str(d): part.dropna().tolist() for d, part in rows.groupby("document_id", sort=True)[source]}
+    rows = data.model_rows(model, ["document_id", source])
+    rows = rows[rows[source].notna()].sort_values("document_id", kind="stable")
+    ids_of_rows = rows["document_id"].to_numpy()
+    values = rows[source].tolist()
+    # Runs of one document are adjacent after the sort: cut at each change of document (a groupby
+    # iterated in Python cost ~30 us per document and source).
+    cuts = [0, *(np.flatnonzero(ids_of_rows[1:] != ids_of_rows[:-1]) + 1).tolist(), len(values)]
+    by_document = {str(ids_of_rows[a]): values[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a}
     ids = sorted(data.documents["document_id"])
     return [by_document.get(d, []) for d in ids], ids
 
@@ -206,7 +254,7 @@ def correlation_table(data: StatsData, sources: list[str]) -> pd.DataFrame:
     """Pearson and Spearman between every pair of the focus variables, over document means."""
     rows = []
     for model in data.models:
-        rows_of_model = data.records[data.records["model"] == model]
+        rows_of_model = data.model_rows(model, ["document_id", *sources])
         means = rows_of_model.groupby("document_id", sort=True)[sources].mean()
         for a, b in combinations(sources, 2):
             x, y = means[a].to_numpy(dtype=float), means[b].to_numpy(dtype=float)
@@ -221,6 +269,17 @@ def correlation_table(data: StatsData, sources: list[str]) -> pd.DataFrame:
             rows.append(row)
     return pd.DataFrame(rows, columns=["model", "variable_a", "variable_b", "unit", "n", "pearson_r", "pearson_p",
                                        "spearman_rho", "spearman_p", "note"])
+
+
+def _group_means(values: dict[str, list[float]]) -> str:
+    """Each group's n and mean for a detail cell; beyond MAX_CATEGORIES groups, the range only."""
+    shown = {g: (len(v), float(np.mean(v))) for g, v in values.items() if len(v)}
+    if len(shown) <= MAX_CATEGORIES:
+        return "; ".join(f"{g}: n={n}, mean={fmt(m)}" for g, (n, m) in shown.items())
+    low = min(shown, key=lambda g: (shown[g][1], g))
+    high = max(shown, key=lambda g: (shown[g][1], g))
+    return (f"{len(shown)} groups (too many to list); lowest mean {low}: n={shown[low][0]}, "
+            f"mean={fmt(shown[low][1])}; highest mean {high}: n={shown[high][0]}, mean={fmt(shown[high][1])}")
 
 
 # ---------------------------------------------------------------- the plan's tests
@@ -274,6 +333,11 @@ class _Runner:
         return unit
 
     def pairs(self, test: PlannedTest, groups: list[str], grouping: Grouping) -> list[tuple[str, str]]:
+        if len(groups) > MAX_PAIRWISE_GROUPS:
+            raise NotComputable(
+                f"pairwise comparison of {len(groups)} {grouping.label} groups would be "
+                f"{len(groups) * (len(groups) - 1) // 2} tests; at most {MAX_PAIRWISE_GROUPS} groups are "
+                "compared pairwise. Merge groups with params.groups, or use an anova")
         pairs = list(combinations(groups, 2))
         across = test.param("across")
         if across is None:
@@ -288,12 +352,11 @@ class _Runner:
         if other.level != "document":
             raise NotComputable(f"params.across: {variable} must be a corpus metadata field")
 
-        def side(group: str) -> str | None:
-            docs = [d for d, g in grouping.by_document.items() if g == group]
-            sides = {other.group_of_document(d) for d in docs}
-            return sides.pop() if len(sides) == 1 else None
-
-        kept = [(a, b) for a, b in pairs if side(a) and side(b) and side(a) != side(b)]
+        sides_of: dict[str, set[str | None]] = {}
+        for d, g in grouping.by_document.items():  # one pass, not one per pair
+            sides_of.setdefault(g, set()).add(other.group_of_document(d))
+        side = {g: next(iter(s)) if len(s) == 1 else None for g, s in sides_of.items()}
+        kept = [(a, b) for a, b in pairs if side.get(a) and side.get(b) and side.get(a) != side.get(b)]
         if not kept:
             raise NotComputable(f"no pair of {grouping.variable} groups falls on different sides of {variable}")
         return kept
@@ -370,7 +433,7 @@ class _Runner:
                     row["criterion"] = f"Holm-adjusted p < {alpha:g} ({len(finite)} pairs)"
             return rows
         if len(values) != 2:
-            shown = ", ".join(f"{g} (n={len(v)})" for g, v in values.items()) or "none"
+            shown = named([f"{g} (n={len(v)})" for g, v in values.items()]) or "none"
             raise NotComputable(f"compares exactly 2 groups; {grouping.label} has {len(values)}: {shown}. "
                                 "Choose or merge two with params.groups, or use pairwise: true")
         (a, va), (b, vb) = values.items()
@@ -418,7 +481,7 @@ class _Runner:
         values = grouped_values(self.data, grouping, model, source, unit)
         alpha = self.alpha_level(test)
         r = core.anova(list(values.values()))
-        groups = "; ".join(f"{g}: n={len(v)}, mean={fmt(float(np.mean(v)))}" for g, v in values.items())
+        groups = _group_means(values)
         return [{"grouping": grouping.label, "unit": unit, "comparison": f"{r.k} groups", "n": r.n,
                  "statistic_name": "F", "statistic": r.f, "df": r.df_between, "df2": r.df_within,
                  "p_value": r.p, "effect_size_name": "eta squared", "effect_size": r.eta_squared,
@@ -442,8 +505,8 @@ class _Runner:
                 xa, xb = self.data.doc_means(model, a), self.data.doc_means(model, b)
                 joined = pd.concat([xa, xb], axis=1, keys=["a", "b"]).dropna()
             else:
-                part = self.data.records[self.data.records["model"] == model]
-                joined = part[[a, b]].set_axis(["a", "b"], axis=1).dropna()
+                part = self.data.model_rows(model, [a, b])
+                joined = part.set_axis(["a", "b"], axis=1).dropna()
             for method in methods:
                 cell: dict[str, Any] = {"data_source": f"{a} x {b}", "unit": unit, "comparison": f"{a} x {b}"}
                 try:
@@ -486,14 +549,14 @@ class _Runner:
             raise NotComputable("one run per model: the spread between runs needs runs_per_model >= 2")
         threshold = self.threshold(test)
         units, _ = _all_runs(self.data, model, source)
-        sds = [float(np.std(u, ddof=1)) for u in units if len(u) >= 2]
-        if not sds:
+        sds = inter_run_sds(units)
+        if not len(sds):
             raise NotComputable("no document has two or more valid runs")
         mean = float(np.mean(sds))
         return [{"unit": "document", "n": len(sds), "statistic_name": "mean inter-run SD", "statistic": mean,
                  "criterion": f"mean inter-run SD <= {threshold:g}",
                  "verdict": SUPPORTED if mean <= threshold else NOT_SUPPORTED,
-                 "detail": f"largest document SD={fmt(max(sds))}"}]
+                 "detail": f"largest document SD={fmt(float(np.max(sds)))}"}]
 
     def _agreement(self, test: PlannedTest, model: str, source: str) -> list[dict[str, Any]]:
         if source not in self.data.categorical:
@@ -525,7 +588,7 @@ class _Runner:
         else:
             grouping, unit = None, str(test.param("unit", "document"))
             values = {"all": (self.data.doc_means(model, source).tolist() if unit == "document" else
-                              self.data.records[self.data.records["model"] == model][source].dropna().tolist())}
+                              self.data.model_rows(model, [source])[source].dropna().tolist())}
         rows = []
         for group, vals in values.items():
             d = _describe(vals)

@@ -22,7 +22,6 @@ Matching rules (docs/statistics-and-synthesis.md):
 
 from __future__ import annotations
 
-import bisect
 import math
 import re
 import unicodedata
@@ -30,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 __all__ = ["GroundingReport", "NumberIndex", "check_text", "find_numbers", "find_quotes", "normalise_quote"]
@@ -163,18 +163,30 @@ class NumberIndex:
     """Every computed value (full precision) and every number the model was shown, with its source.
 
     Values carry a kind (alpha, p, F, ...) when their column says so, so that a number written as
-    "alpha = 0.91" must match an alpha, not any value that happens to round the same.
+    "alpha = 0.91" must match an alpha, not any value that happens to round the same. Numeric
+    columns are kept as arrays, not one Python tuple per value: a 10,000-document session's
+    tables hold about a million values.
     """
 
     def __init__(self) -> None:
-        self._values: list[tuple[float, str, str | None]] = []
-        self._by_kind: dict[str | None, tuple[list[float], list[str]]] | None = None
+        self._chunks: list[tuple[np.ndarray, str, str | None]] = []
+        self._scalars: list[tuple[float, str, str | None]] = []
+        self._by_kind: dict[str | None, tuple[np.ndarray, np.ndarray]] | None = None
+        self._labels: list[str] = []
 
     def add(self, value: float, source: str, kind: str | None = None) -> None:
         if value is None or not math.isfinite(value):
             return
-        self._values.append((abs(float(value)), source, kind))
+        self._scalars.append((abs(float(value)), source, kind))
         self._by_kind = None
+
+    def add_values(self, values: Any, source: str, kind: str | None = None) -> None:
+        """Many values of one source and kind at once (missing and infinite ones are skipped)."""
+        array = np.abs(np.asarray(values, dtype=float))
+        array = array[np.isfinite(array)]
+        if len(array):
+            self._chunks.append((array, source, kind))
+            self._by_kind = None
 
     def add_text(self, text: str, source: str) -> None:
         for token in find_numbers(text):
@@ -190,37 +202,63 @@ class NumberIndex:
                     row_kinds.setdefault(column, []).append(kinds)
         for column in frame.columns:
             column_kind = kind_of_name(str(column))
-            for i, value in enumerate(frame[column]):
+            label = f"{table}.{column}"
+            series = frame[column]
+            per_row = row_kinds.get(str(column), [])
+            dtype = series.dtype
+            if not per_row and (pd.api.types.is_float_dtype(dtype) or pd.api.types.is_integer_dtype(dtype)):
+                self.add_values(series.to_numpy(dtype=float, na_value=np.nan), label, column_kind)
+                continue
+            texts: set[str] = set()  # a text adds the same numbers every time it occurs
+            for i, value in enumerate(series):
                 if isinstance(value, bool) or value is None:
                     continue
                 if isinstance(value, int | float):
-                    label = f"{table}.{column}"
-                    found = {column_kind, *(k[i] for k in row_kinds.get(str(column), []))} - {None}
+                    found = {column_kind, *(k[i] for k in per_row)} - {None}
                     for kind in found or {None}:
                         self.add(float(value), label, kind)
-                elif isinstance(value, str):
-                    self.add_text(value, f"{table}.{column}")
+                elif isinstance(value, str) and value not in texts:
+                    texts.add(value)
+                    self.add_text(value, label)
 
-    def _ready(self) -> dict[str | None, tuple[list[float], list[str]]]:
+    def _ready(self) -> dict[str | None, tuple[np.ndarray, np.ndarray]]:
+        """Per kind (None: every value): the values sorted, and their labels' numbers alongside.
+
+        Ties are ordered by label, so the source named for a value does not depend on the order
+        the tables were added in.
+        """
         if self._by_kind is None:
-            groups: dict[str | None, list[tuple[float, str]]] = {None: []}
-            for value, source, kind in self._values:
-                groups[None].append((value, source))
+            self._labels = sorted({s for _, s, _ in self._chunks} | {s for _, s, _ in self._scalars})
+            rank = {s: i for i, s in enumerate(self._labels)}
+            parts: dict[str | None, list[tuple[np.ndarray, np.ndarray]]] = {None: []}
+            scalars: dict[tuple[str, str | None], list[float]] = {}
+            for value, source, kind in self._scalars:
+                scalars.setdefault((source, kind), []).append(value)
+            chunks = [*self._chunks, *((np.array(v), s, k) for (s, k), v in scalars.items())]
+            for array, source, kind in chunks:
+                ranks = np.full(len(array), rank[source], dtype=np.int64)
+                parts[None].append((array, ranks))
                 if kind is not None:
-                    groups.setdefault(kind, []).append((value, source))
+                    parts.setdefault(kind, []).append((array, ranks))
             self._by_kind = {}
-            for kind, pairs in groups.items():
-                pairs.sort()
-                self._by_kind[kind] = ([v for v, _ in pairs], [s for _, s in pairs])
+            for kind, pieces in parts.items():
+                values = np.concatenate([a for a, _ in pieces]) if pieces else np.empty(0)
+                ranks = np.concatenate([r for _, r in pieces]) if pieces else np.empty(0, dtype=np.int64)
+                order = np.lexsort((ranks, values))
+                self._by_kind[kind] = (values[order], ranks[order])
         return self._by_kind
 
     def match(self, token: Token) -> tuple[str | None, str | None]:
         """(source, None) when ``token`` matches, else (None, nearest value of its kind as a hint)."""
-        values, labels = self._ready().get(token.kind, ([], []))
+        values, ranks = self._ready().get(token.kind, (np.empty(0), np.empty(0, dtype=np.int64)))
+
+        def labels(i: int) -> str:
+            return self._labels[int(ranks[i])]
+
         if token.kind == "p" and token.op in ("<", "\u2264"):
             # "p < .001" is true when some p-value is below it; a bound, not a value to round.
-            if values and values[0] < abs(token.value):
-                return labels[0], None
+            if len(values) and values[0] < abs(token.value):
+                return labels(0), None
             return None, f"no p-value below {token.text.strip()}"
         candidates = [(abs(token.value), token.decimals - token.exponent)]
         if token.percent:
@@ -230,15 +268,15 @@ class NumberIndex:
                 tolerance = 1e-9  # whole numbers are counts: exact
             else:
                 tolerance = 0.5 * 10.0 ** (-decimals) + 1e-12
-            lo = bisect.bisect_left(values, target - tolerance)
+            lo = int(np.searchsorted(values, target - tolerance, side="left"))
             if lo < len(values) and values[lo] <= target + tolerance:
-                return labels[lo], None
-        if not values:
+                return labels(lo), None
+        if not len(values):
             return None, f"no computed {token.kind} at all" if token.kind else None
         target = candidates[0][0]
-        i = bisect.bisect_left(values, target)
-        near = min((j for j in (i - 1, i) if 0 <= j < len(values)), key=lambda j: abs(values[j] - target))
-        return None, f"{values[near]:.4g} ({labels[near]})"
+        i = int(np.searchsorted(values, target, side="left"))
+        near = min((j for j in (i - 1, i) if 0 <= j < len(values)), key=lambda j: abs(float(values[j]) - target))
+        return None, f"{float(values[near]):.4g} ({labels(near)})"
 
 
 @dataclass
@@ -306,29 +344,40 @@ class GroundingReport:
                 "quotes": [asdict(q) for q in self.quotes]}
 
 
-def _quote_source(quote: str, documents: Mapping[str, str], known: Mapping[str, str]) -> str | None:
+def _quote_parts(quote: str) -> list[str]:
     parts = [normalise_quote(p) for p in _ELLIPSIS.split(quote)]
-    parts = [p for p in parts if p]
-    if not parts:
-        return None
-    for name, text in documents.items():
-        if all(p in text for p in parts):
-            return f"document {name}"
-    for name, text in known.items():
-        if all(p in text for p in parts):
-            return name
-    return None
+    return [p for p in parts if p]
 
 
-def check_text(text: str, index: NumberIndex, documents: Mapping[str, str],
+def check_text(text: str, index: NumberIndex, documents: Mapping[str, str] | Iterable[tuple[str, str]],
                known_texts: Mapping[str, str] | None = None) -> GroundingReport:
-    """Check every number and quotation of ``text``; ``documents`` and ``known_texts`` are raw texts."""
-    docs = {k: normalise_quote(v) for k, v in documents.items()}
-    known = {k: normalise_quote(v) for k, v in (known_texts or {}).items()}
+    """Check every number and quotation of ``text``; ``documents`` and ``known_texts`` are raw texts.
+
+    ``documents`` is a mapping name -> text or an iterable of (name, text) pairs. It is read one
+    document at a time, only when ``text`` quotes something, and only until every quotation is
+    found, so a caller can pass a generator instead of holding a large corpus in memory.
+    """
     report = GroundingReport()
     quotes = find_quotes(text)
-    for q in quotes:
-        source = _quote_source(q.text, docs, known)
+    parts = [_quote_parts(q.text) for q in quotes]
+    sources: list[str | None] = [None] * len(quotes)
+    pending = [i for i, p in enumerate(parts) if p]
+    if pending:
+        pairs = documents.items() if isinstance(documents, Mapping) else documents
+        for name, raw in pairs:
+            document = normalise_quote(raw)
+            for i in pending:
+                if all(p in document for p in parts[i]):
+                    sources[i] = f"document {name}"  # the first document that holds it, as listed
+            pending = [i for i in pending if sources[i] is None]
+            if not pending:
+                break
+    if pending:
+        known = {k: normalise_quote(v) for k, v in (known_texts or {}).items()}
+        for i in pending:
+            sources[i] = next((name for name, known_text in known.items()
+                               if all(p in known_text for p in parts[i])), None)
+    for q, source in zip(quotes, sources, strict=True):
         report.quotes.append(QuoteFinding(q.text, q.start, q.end, source is not None, source))
     for token in find_numbers(text, skip=[(q.start, q.end) for q in quotes]):
         source, nearest = index.match(token)

@@ -4,6 +4,10 @@ Three figures, each answering a question a reader of the report asks first: how 
 distributed in each group, how far apart are the runs for each document, and which measures are
 reliable. matplotlib's object API with the Agg canvas is used (no pyplot, no display, no global
 state), so plotting works in a Dagster worker, a test or a headless server alike.
+
+Every figure has a fixed size whatever the number of documents: up to ``MAX_DOCUMENTS_DRAWN``
+documents the runs figure gives each document a column of its own; above that it draws one point
+per document (its mean across runs against its inter-run SD) and says so in its title.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -21,6 +26,7 @@ from mva_dagster.stats.data import StatsData, grouped_values
 from mva_dagster.stats.engine import StatisticsResult
 
 MAX_PANELS = 16
+MAX_DOCUMENTS_DRAWN = 60  # one column per document up to here (27 inches wide); one point each above
 FLOOR = -1.0  # left edge of the reliability axis
 PLOT_FILES = {
     "scores_by_group": "plot_scores_by_group.png",
@@ -29,7 +35,7 @@ PLOT_FILES = {
 }
 PLOT_TITLES = {
     "scores_by_group": "Score distributions by group (every run)",
-    "runs_by_document": "Each document's runs: mean, spread (1 SD) and single runs",
+    "runs_by_document": "Each document's runs: mean and spread between runs",
     "reliability": "Inter-run reliability (Cronbach's alpha, 95% CI)",
 }
 
@@ -71,7 +77,7 @@ def plot_scores_by_group(data: StatsData, result: StatisticsResult, path: Path) 
         if grouping is not None:
             values = grouped_values(data, grouping, model, source, "record")
         else:
-            values = {"all documents": data.records[data.records["model"] == model][source].dropna().tolist()}
+            values = {"all documents": data.model_rows(model, [source])[source].dropna().tolist()}
         labels = list(values)
         series = [values[g] for g in labels]
         if any(series):
@@ -89,31 +95,76 @@ def plot_scores_by_group(data: StatsData, result: StatisticsResult, path: Path) 
     return _save(fig, path)
 
 
+def _per_document(data: StatsData, model: str, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One model's valid runs of ``source`` (document_id, value) and per document: mean, sd, n."""
+    runs = data.model_rows(model, ["document_id", source]).dropna()
+    summary = runs.groupby("document_id", sort=True)[source].agg(["mean", "std", "count"])
+    return runs, summary
+
+
 def plot_runs_by_document(data: StatsData, result: StatisticsResult, path: Path) -> Path:
+    """Each document's runs; one column per document up to MAX_DOCUMENTS_DRAWN, one point above."""
     indices = (data.metrics or result.focus)[:MAX_PANELS]
     documents = sorted(data.documents["document_id"])
+    if len(documents) > MAX_DOCUMENTS_DRAWN:
+        return _plot_runs_summary(data, indices, len(documents), path)
+    position = pd.Series(np.arange(len(documents), dtype=float), index=documents)
     longest = max((len(d) for d in documents), default=4)
     fig, axes = _grid(max(1, len(indices)), width=max(3.2, 0.45 * len(documents) + 1.5), height=3.0,
                       label_in=0.3 + 0.045 * longest)
     for i, (ax, source) in enumerate(zip(axes, indices, strict=False)):
         for m, model in enumerate(data.models):
-            rows = data.records[data.records["model"] == model]
             offset = (m - (len(data.models) - 1) / 2) * 0.2
-            for x, document_id in enumerate(documents):
-                vals = rows[rows["document_id"] == document_id][source].dropna().to_numpy(dtype=float)
-                if not len(vals):
-                    continue
-                ax.scatter(x + offset + _jitter(len(vals), i * 97 + x) * 0.4, vals, s=8, alpha=0.5,
-                           color=f"C{m}")
-                sd = vals.std(ddof=1) if len(vals) >= 2 else 0.0
-                ax.errorbar(x + offset, vals.mean(), yerr=sd, fmt="o", color=f"C{m}", capsize=3, ms=4,
-                            label=model if x == 0 else None)
+            runs, summary = _per_document(data, model, source)
+            if summary.empty:
+                continue
+            x_runs = position.reindex(runs["document_id"]).to_numpy()
+            ax.scatter(x_runs + offset + _jitter(len(runs), i * 97 + m) * 0.4, runs[source].to_numpy(dtype=float),
+                       s=8, alpha=0.5, color=f"C{m}")
+            ax.errorbar(position.reindex(summary.index).to_numpy() + offset, summary["mean"].to_numpy(),
+                        yerr=summary["std"].fillna(0.0).to_numpy(), fmt="o", color=f"C{m}", capsize=3, ms=4,
+                        label=model)
         ax.set_xticks(range(len(documents)), documents, rotation=60, ha="right", fontsize=6)
         ax.set_title(source, fontsize=8)
         ax.tick_params(axis="y", labelsize=7)
         if len(data.models) > 1 and i == 0:
             ax.legend(fontsize=6)
-    fig.suptitle(PLOT_TITLES["runs_by_document"], fontsize=10)
+    fig.suptitle("Each document's runs: mean, spread (1 SD) and single runs", fontsize=10)
+    return _save(fig, path)
+
+
+def _plot_runs_summary(data: StatsData, indices: list[str], n_documents: int, path: Path) -> Path:
+    """Too many documents for a column each: one point per document, the figure's size fixed.
+
+    With two or more runs a point is a document's mean across runs (x) against its inter-run SD
+    (y): the spread between runs, and whether it depends on the level. With one run there is no
+    spread, and the documents' values are drawn sorted.
+    """
+    spread = data.runs_per_model >= 2
+    fig, axes = _grid(max(1, len(indices)), width=3.6, height=3.0, label_in=0.55)
+    for i, (ax, source) in enumerate(zip(axes, indices, strict=False)):
+        for m, model in enumerate(data.models):
+            _, summary = _per_document(data, model, source)
+            if spread:
+                points = summary[summary["count"] >= 2]
+                ax.scatter(points["mean"].to_numpy(), points["std"].to_numpy(), s=5, alpha=0.35, linewidths=0,
+                           color=f"C{m}", label=f"{model} ({len(points)} documents)")
+            else:
+                values = np.sort(summary["mean"].to_numpy())
+                ax.plot(np.arange(1, len(values) + 1), values, lw=1.2, color=f"C{m}",
+                        label=f"{model} ({len(values)} documents)")
+        ax.set_xlabel("mean across runs" if spread else "documents, sorted by value", fontsize=7)
+        if i % 4 == 0:
+            ax.set_ylabel("inter-run SD" if spread else "value", fontsize=7)
+        ax.set_title(source, fontsize=8)
+        ax.tick_params(labelsize=7)
+        if i == 0:
+            ax.legend(fontsize=6, loc="upper right" if spread else "lower right")
+    what = ("Each document's runs, one point per document: its mean across runs and its inter-run SD" if spread
+            else "Each document's value, sorted (one run per model, so no spread between runs to show)")
+    fig.suptitle(f"{what}\n({n_documents} documents: more than {MAX_DOCUMENTS_DRAWN} to draw one by one; "
+                 f"each document's {'mean and SD are' if spread else 'value is'} in stats_documents.csv)",
+                 fontsize=9)
     return _save(fig, path)
 
 

@@ -3,18 +3,28 @@
 Statistics and the LLM-written synthesis are separate steps; this report states what ran, what it
 cost, what failed, the per-document means of every score and metric, and the hypothesis verdicts
 and figures the statistics step computed (read back from ``results/``, never recomputed here).
+
+Its size does not grow with the corpus beyond a point: above ``MAX_REPORT_DOCUMENTS`` documents the
+per-document means are summarised per field, and at most ``MAX_LISTED_RECORDS`` failed records are
+listed one by one; the report says so and names the files that hold every row.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pandas as pd
 
 from mva_dagster.fsutil import atomic_write_text
-from mva_dagster.llm.archive import SessionArchive
+from mva_dagster.llm.archive import ArchiveEntry, read_entry
 from mva_dagster.records import ExtractedRecord
 from mva_dagster.steps.context import SessionContext
+
+MAX_REPORT_DOCUMENTS = 60  # one column per document up to here; a summary per field above
+MAX_LISTED_RECORDS = 50  # invalid records listed one by one; the rest are counted by error class
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:
@@ -32,15 +42,91 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
-def per_document_means(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    valid = frame[frame["valid"]]
-    numeric = [c for c in columns if c in valid and pd.api.types.is_numeric_dtype(valid[c])
-               and not pd.api.types.is_bool_dtype(valid[c]) and c != "replicate"]
+def _document_means(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """documents x numeric fields: the mean of each document's valid runs (all models)."""
+    numeric = [c for c in columns if c in frame and pd.api.types.is_numeric_dtype(frame[c])
+               and not pd.api.types.is_bool_dtype(frame[c]) and c != "replicate"]
+    valid = frame.loc[frame["valid"].astype(bool), ["document_id", *numeric]]
     if valid.empty or not numeric:
         return pd.DataFrame()
-    means = valid.groupby("document_id")[numeric].mean().T
-    means.insert(0, "field", means.index)
-    return means.reset_index(drop=True)
+    return valid.groupby("document_id")[numeric].mean()
+
+
+def per_document_means(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """One row per field, one column per document."""
+    means = _document_means(frame, columns)
+    if means.empty:
+        return means
+    wide = means.T
+    wide.insert(0, "field", wide.index)
+    return wide.reset_index(drop=True)
+
+
+def document_means_section(frame: pd.DataFrame, columns: list[str], csv: str) -> str:
+    """The per-document means table, or above MAX_REPORT_DOCUMENTS a summary of it per field."""
+    means = _document_means(frame, columns)
+    if len(means) <= MAX_REPORT_DOCUMENTS:
+        return _markdown_table(per_document_means(frame, columns))
+    summary = pd.DataFrame({"field": means.columns, "documents": means.count().to_numpy(),
+                            "mean": means.mean().to_numpy(), "sd": means.std(ddof=1).to_numpy(),
+                            "min": means.min().to_numpy(), "median": means.median().to_numpy(),
+                            "max": means.max().to_numpy()})
+    return (f"_{len(means)} documents, more than {MAX_REPORT_DOCUMENTS} to give each a column: each row "
+            "summarises one field's document means over the documents. Every run is in "
+            f"`results/{csv}`; each document's mean and inter-run SD in `results/stats_documents.csv`._\n\n"
+            + _markdown_table(summary))
+
+
+@dataclass
+class _Usage:
+    cost: float = 0.0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    answered: int = 0
+    synthesis_cost: float = 0.0
+
+
+def _archive_entries(ctx: SessionContext) -> Iterator[ArchiveEntry]:
+    """The session's archive entries one at a time (as ``SessionArchive.entries``, not all at once).
+
+    Each entry holds its whole request, the document's text included: 20,000 of them in one list
+    were hundreds of MB at 10,000 documents, for a few sums.
+    """
+    root = ctx.layout.llm_archive
+    if not root.is_dir():
+        return
+    for path in sorted(root.glob("*.json")):
+        if not path.name.startswith("."):
+            yield read_entry(path)
+
+
+def _usage(ctx: SessionContext) -> tuple[_Usage, list[str]]:
+    usage, provider_models = _Usage(), set()
+    for entry in _archive_entries(ctx):
+        if entry.request.purpose == "synthesis":
+            usage.synthesis_cost += entry.answer.cost_usd or 0.0
+            continue
+        usage.answered += 1
+        usage.cost += entry.answer.cost_usd or 0.0
+        usage.tokens_in += entry.answer.prompt_tokens or 0
+        usage.tokens_out += entry.answer.completion_tokens or 0
+        provider_models.add(entry.answer.provider_model or "?")
+    return usage, sorted(provider_models)
+
+
+def _invalid_section(invalid: list[ExtractedRecord]) -> list[str]:
+    lines = ["## Invalid or failed records", "",
+             "Every raw answer is kept in `llm_archive/`; `mva resume` retries calls without an answer.", ""]
+    for record in invalid[:MAX_LISTED_RECORDS]:
+        lines.append(f"- {record.document_id} / {record.model} / run {record.replicate}: "
+                     f"{'; '.join(record.errors)[:300]}")
+    if len(invalid) > MAX_LISTED_RECORDS:
+        classes = Counter(r.error_class or "unclassified" for r in invalid)
+        lines.append(f"- ... and {len(invalid) - MAX_LISTED_RECORDS} more. All {len(invalid)} by error class: "
+                     + ", ".join(f"{name} {count}" for name, count in sorted(classes.items()))
+                     + "; every one is in `results/scores.csv` (columns `valid` and `errors`)")
+    lines.append("")
+    return lines
 
 
 def _statistics_section(ctx: SessionContext) -> list[str]:
@@ -72,13 +158,7 @@ def _statistics_section(ctx: SessionContext) -> list[str]:
 def write_report(ctx: SessionContext, records: list[ExtractedRecord], scores: pd.DataFrame,
                  metrics: pd.DataFrame) -> str:
     manifest = ctx.manifest
-    every_entry = SessionArchive(ctx.layout).entries()
-    entries = [e for e in every_entry if e.request.purpose != "synthesis"]
-    synthesis_cost = sum(e.answer.cost_usd or 0.0 for e in every_entry if e.request.purpose == "synthesis")
-    cost = sum(e.answer.cost_usd or 0.0 for e in entries)
-    tokens_in = sum(e.answer.prompt_tokens or 0 for e in entries)
-    tokens_out = sum(e.answer.completion_tokens or 0 for e in entries)
-    provider_models = sorted({e.answer.provider_model or "?" for e in entries})
+    usage, provider_models = _usage(ctx)
     valid = sum(1 for r in records if r.valid)
     invalid = [r for r in records if not r.valid]
     lines = [
@@ -92,29 +172,23 @@ def write_report(ctx: SessionContext, records: list[ExtractedRecord], scores: pd
         + (f" (overridden with --model {manifest.model_override})" if manifest.model_override else ""),
         f"- Models that answered (as reported): {', '.join(provider_models) or 'none'}",
         f"- Runs per model: {manifest.runs_per_model}",
-        f"- Calls: {len(records)} planned, {len(entries)} answered and archived, "
+        f"- Calls: {len(records)} planned, {usage.answered} answered and archived, "
         f"{valid} valid records, {len(invalid)} invalid or failed",
-        f"- Tokens: {tokens_in} in, {tokens_out} out; cost ${cost:.6f}"
+        f"- Tokens: {usage.tokens_in} in, {usage.tokens_out} out; cost ${usage.cost:.6f}"
         + (" (simulated provider: what the calls would have cost at the models' list prices)"
            if manifest.provider == "simulated" else "")
-        + (f"; synthesis ${synthesis_cost:.6f}" if synthesis_cost else ""),
+        + (f"; synthesis ${usage.synthesis_cost:.6f}" if usage.synthesis_cost else ""),
         "",
         *_statistics_section(ctx),
         "## Derived metrics: mean per document across models and runs",
         "",
-        _markdown_table(per_document_means(metrics, list(metrics.columns))),
+        document_means_section(metrics, list(metrics.columns), "metrics.csv"),
         "## Scores: mean per document across models and runs",
         "",
-        _markdown_table(per_document_means(scores, list(scores.columns))),
+        document_means_section(scores, list(scores.columns), "scores.csv"),
     ]
     if invalid:
-        lines += ["## Invalid or failed records", "",
-                  "Every raw answer is kept in `llm_archive/`; `mva resume` retries calls without an answer.",
-                  ""]
-        for record in invalid:
-            lines.append(f"- {record.document_id} / {record.model} / run {record.replicate}: "
-                         f"{'; '.join(record.errors)[:300]}")
-        lines.append("")
+        lines += _invalid_section(invalid)
     lines += ["## Files", "",
               "- `results/scores.csv`, `results/metrics.csv`, `results/documents.csv` and the same tables in "
               "`results/session.duckdb`",

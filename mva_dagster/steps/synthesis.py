@@ -2,7 +2,9 @@
 
 The model receives the computed tables (hypothesis verdicts, tests, reliability, group and
 document summaries, correlations) and a few verbatim evidence quotations - never the raw rows, so
-there is nothing to compute from and no reason to. The call goes through the LLM gateway like
+there is nothing to compute from and no reason to. The prompt's size is bounded whatever the corpus:
+above ``MAX_PROMPT_DOCUMENTS`` documents the per-document means are summarised (with the documents
+at both ends of the first focus source listed, and quoted), and long tables are cut with a note. The call goes through the LLM gateway like
 every other (``purpose="synthesis"``, archived before use), and its answer is then checked: every
 number against the computed statistics, every quotation against the source documents
 (:mod:`mva_dagster.stats.grounding`). Unmatched items are marked in ``results/synthesis.md``,
@@ -30,13 +32,12 @@ from mva_dagster.errors import ArchiveError, LLMError, SpecError
 from mva_dagster.fsutil import atomic_write_json, atomic_write_text
 from mva_dagster.llm.archive import SessionArchive
 from mva_dagster.llm.gateway import LLMGateway
-from mva_dagster.records import LLMAnswer, LLMRequest
+from mva_dagster.records import ExtractedRecord, LLMAnswer, LLMRequest
 from mva_dagster.sessions.chronolog import Chronolog
 from mva_dagster.specs.experiment import Experiment
 from mva_dagster.stats.engine import fmt, fmt_p
 from mva_dagster.stats.grounding import GroundingReport, NumberIndex, check_text, normalise_quote
 from mva_dagster.steps.context import SessionContext
-from mva_dagster.steps.extraction import load_records
 from mva_dagster.steps.plots import PLOT_FILES, plot_titles
 from mva_dagster.steps.statistics import load_statistics, session_experiment
 
@@ -45,6 +46,9 @@ SYNTHESIS_DOCUMENT_ID = "_synthesis"
 SYNTHESIS_MAX_TOKENS = 8192
 QUOTES_PER_DOCUMENT = 3
 MAX_TEST_ROWS = 80
+MAX_GROUP_ROWS = 80
+MAX_PROMPT_DOCUMENTS = 60  # each document's means listed (and quoted) up to here; summarised above
+FEATURED_PER_END = 10  # above it: the documents with the lowest and the highest mean, listed and quoted
 SYSTEM_PROMPT = """\
 You write the results section of a research report about a text-analysis experiment. Software has \
 already computed every statistic; you are given its tables and nothing else. Rules:
@@ -121,16 +125,37 @@ def _evidence_fields(ctx: SessionContext) -> list[str]:
             if "array" in contract.field_types(name) and ("evidence" in name.lower() or "quot" in name.lower())]
 
 
-def evidence_quotes(ctx: SessionContext) -> dict[str, list[tuple[str, str]]]:
-    """Up to three verbatim quotations per document, (field, quote), taken from valid records."""
+def _valid_records(ctx: SessionContext, document_id: str) -> list[ExtractedRecord]:
+    """One document's valid records, in (model, replicate) order; only its own files are read."""
+    records = []
+    for doc, model, replicate in ctx.calls([document_id]):
+        path = ctx.layout.extracted_path(doc, model, replicate)
+        if path.exists():
+            record = ExtractedRecord.model_validate_json(path.read_text(encoding="utf-8"))
+            if record.valid:
+                records.append(record)
+    return records
+
+
+def evidence_quotes(ctx: SessionContext, documents: list[str] | None = None) -> dict[str, list[tuple[str, str]]]:
+    """Up to three verbatim quotations per document, (field, quote), taken from valid records.
+
+    ``documents`` limits them to those documents (the ones a large session's prompt lists); each
+    document's records and text are read on their own, never the whole session at once.
+    """
     fields = _evidence_fields(ctx)
-    records = [r for r in load_records(ctx) if r.valid]
+    wanted = None if documents is None else set(documents)
     out: dict[str, list[tuple[str, str]]] = {}
     for entry in sorted(ctx.manifest.documents, key=lambda d: d.id):
+        if not fields or (wanted is not None and entry.id not in wanted):
+            continue
+        records = _valid_records(ctx, entry.id)
+        if not records:
+            continue
         text = normalise_quote(ctx.document_text(entry))
         chosen: list[tuple[str, str]] = []
         for name in fields:
-            for record in (r for r in records if r.document_id == entry.id):
+            for record in records:
                 quotes = record.fields.get(name)
                 candidates = [q for q in quotes if isinstance(q, str)] if isinstance(quotes, list) else []
                 fresh = [q.strip() for q in candidates
@@ -146,14 +171,82 @@ def evidence_quotes(ctx: SessionContext) -> dict[str, list[tuple[str, str]]]:
     return out
 
 
+def _focus(stats: dict[str, pd.DataFrame]) -> list[str]:
+    """The numeric sources the plan's tests name (in order), or every source with a reliability row."""
+    rel = stats["stats_reliability"]
+    focus = list(dict.fromkeys(s for s in stats["stats_tests"]["data_source"].dropna()
+                               if s in set(rel["data_source"])))
+    return focus or list(dict.fromkeys(rel["data_source"]))
+
+
+def _document_means(stats: dict[str, pd.DataFrame], model: str, focus: list[str]) -> pd.DataFrame:
+    """document_id and the mean of its runs for each focus source (one model), documents sorted."""
+    docs = stats["stats_documents"]
+    docs = docs[(docs["model"] == model) & docs["data_source"].isin(focus)]
+    wide = docs.pivot(index="document_id", columns="data_source", values="mean")
+    return wide[[c for c in focus if c in wide.columns]].reset_index()
+
+
+def _extremes(wide: pd.DataFrame) -> pd.DataFrame:
+    """The FEATURED_PER_END documents with the lowest and with the highest first focus source."""
+    first = wide.columns[1]
+    ranked = wide.dropna(subset=[first]).sort_values([first, "document_id"], kind="stable")
+    if len(ranked) <= 2 * FEATURED_PER_END:
+        return ranked
+    return pd.concat([ranked.head(FEATURED_PER_END), ranked.tail(FEATURED_PER_END)])
+
+
+def featured_documents(ctx: SessionContext, stats: dict[str, pd.DataFrame]) -> list[str] | None:
+    """The documents a large session's prompt lists (and quotes); None when it lists every one."""
+    if len(ctx.manifest.documents) <= MAX_PROMPT_DOCUMENTS:
+        return None
+    focus = _focus(stats)
+    chosen: set[str] = set()
+    for model in ctx.manifest.models:
+        wide = _document_means(stats, model, focus)
+        if len(wide.columns) > 1:  # as _documents_section: every document up to the limit, both ends above
+            listed = wide if len(wide) <= MAX_PROMPT_DOCUMENTS else _extremes(wide)
+            chosen.update(str(d) for d in listed["document_id"])
+    return sorted(chosen)
+
+
+def _cut(frame: pd.DataFrame, limit: int, table: str) -> tuple[pd.DataFrame, str]:
+    """The first ``limit`` rows, and a note saying so when rows were left out."""
+    if len(frame) <= limit:
+        return frame, ""
+    return frame.head(limit), (f"_(the first {limit} of {len(frame)} rows; every row is in "
+                               f"results/{table}.csv)_\n")
+
+
+def _documents_section(stats: dict[str, pd.DataFrame], model: str, label: str, focus: list[str]) -> list[str]:
+    """Each document's mean of its runs; above MAX_PROMPT_DOCUMENTS a summary and both ends only."""
+    wide = _document_means(stats, model, focus)
+    if len(wide) <= MAX_PROMPT_DOCUMENTS or len(wide.columns) < 2:
+        return [f"## Mean of the runs per document{label} (computed)", markdown_table(wide)]
+    means = wide.set_index("document_id")
+    summary = pd.DataFrame({"data_source": means.columns, "documents": means.count().to_numpy(),
+                            "mean": means.mean().to_numpy(), "sd": means.std(ddof=1).to_numpy(),
+                            "min": means.min().to_numpy(), "median": means.median().to_numpy(),
+                            "max": means.max().to_numpy()})
+    first = wide.columns[1]
+    return [f"## Means of the runs per document{label}, summarised over documents (computed)",
+            f"{len(wide)} documents are too many to list one by one (more than {MAX_PROMPT_DOCUMENTS}): each row "
+            "summarises one data source's document means (every document's mean is in "
+            "results/stats_documents.csv).", "",
+            markdown_table(summary),
+            f"## The {FEATURED_PER_END} documents with the lowest and the {FEATURED_PER_END} with the highest "
+            f"mean {first}{label} (computed)",
+            markdown_table(_extremes(wide))]
+
+
 def build_prompt(ctx: SessionContext, experiment: Experiment, stats: dict[str, pd.DataFrame],
                  quotes: dict[str, list[tuple[str, str]]]) -> str:
     manifest = ctx.manifest
     hyp = stats["stats_hypotheses"]
     tests = stats["stats_tests"]
     rel = stats["stats_reliability"]
-    focus = list(dict.fromkeys(s for s in tests["data_source"].dropna() if s in set(rel["data_source"])))
-    focus = focus or list(dict.fromkeys(rel["data_source"]))
+    focus = _focus(stats)
+    shown_tests, tests_note = _cut(tests, MAX_TEST_ROWS, "stats_tests")
     multi_model = len(manifest.models) > 1
     keep_model = ["model"] if multi_model else []
     parts = [
@@ -168,10 +261,10 @@ def build_prompt(ctx: SessionContext, experiment: Experiment, stats: dict[str, p
         "## Hypothesis verdicts (computed)",
         markdown_table(hyp[["hypothesis", "verdict", "tests", "computed", "supported", "basis"]]),
         "## Tests of the statistical plan (computed; one row per data source, model or pair)",
-        markdown_table(tests[["test_id", "hypothesis", "method", *keep_model, "data_source", "grouping",
-                              "comparison", "unit", "n", "statistic_name", "statistic", "df", "p_value",
-                              "p_adjusted", "effect_size_name", "effect_size", "ci_low", "ci_high", "criterion",
-                              "verdict", "reason", "detail"]].head(MAX_TEST_ROWS), P_FORMATS),
+        markdown_table(shown_tests[["test_id", "hypothesis", "method", *keep_model, "data_source", "grouping",
+                                    "comparison", "unit", "n", "statistic_name", "statistic", "df", "p_value",
+                                    "p_adjusted", "effect_size_name", "effect_size", "ci_low", "ci_high",
+                                    "criterion", "verdict", "reason", "detail"]], P_FORMATS) + tests_note,
         "## Inter-run reliability (documents x runs; computed)",
         markdown_table(rel[rel["data_source"].isin(focus)][[
             *keep_model, "data_source", "n_documents", "n_runs", "cronbach_alpha", "alpha_ci_low",
@@ -179,17 +272,14 @@ def build_prompt(ctx: SessionContext, experiment: Experiment, stats: dict[str, p
     ]
     groups = stats["stats_groups"]
     if not groups.empty:
+        shown_groups, groups_note = _cut(groups[groups["data_source"].isin(focus)], MAX_GROUP_ROWS, "stats_groups")
         parts += ["## Means of document means by group (computed)",
-                  markdown_table(groups[groups["data_source"].isin(focus)][
-                      [*keep_model, "grouping", "group", "data_source", "n", "mean", "sd"]])]
+                  markdown_table(shown_groups[[*keep_model, "grouping", "group", "data_source", "n", "mean", "sd"]])
+                  + groups_note]
     docs = stats["stats_documents"]
-    docs = docs[docs["data_source"].isin(focus)]
-    if not docs.empty:
+    if not docs[docs["data_source"].isin(focus)].empty:
         for model in manifest.models:
-            wide = docs[docs["model"] == model].pivot(index="document_id", columns="data_source", values="mean")
-            wide = wide[[c for c in focus if c in wide.columns]].reset_index()
-            parts += [f"## Mean of the runs per document{f' ({model})' if multi_model else ''} (computed)",
-                      markdown_table(wide)]
+            parts += _documents_section(stats, model, f" ({model})" if multi_model else "", focus)
     agreement = stats["stats_agreement"]
     summary = agreement[agreement["document_id"] == "(all documents)"]
     if not summary.empty:
@@ -274,7 +364,7 @@ def run_synthesis(ctx: SessionContext, gateway: LLMGateway | None, say: Say | No
     """Ask for (or, with ``gateway=None``, replay) the synthesis, check it and write the report files."""
     experiment = session_experiment(ctx)
     stats = load_statistics(ctx)
-    quotes = evidence_quotes(ctx)
+    quotes = evidence_quotes(ctx, featured_documents(ctx, stats))
     prompt = build_prompt(ctx, experiment, stats, quotes)
     model = synthesis_model(ctx, experiment)
     request = synthesis_request(ctx, model, prompt)
@@ -295,7 +385,8 @@ def run_synthesis(ctx: SessionContext, gateway: LLMGateway | None, say: Say | No
     text = (answer.raw_text or "") if answer is not None else ""
     if answer is not None and answer.finish_reason == "length":
         warnings.append(f"the answer was cut off at max_tokens ({request.params['max_tokens']})")
-    documents = {d.id: ctx.document_text(d) for d in ctx.manifest.documents}
+    # One document at a time, and only if the text quotes anything: a corpus is never held whole.
+    documents = ((d.id, ctx.document_text(d)) for d in ctx.manifest.documents)
     known = {f"the experiment's hypothesis {k}": v for k, v in experiment.hypotheses.items()}
     grounding = check_text(text, number_index(stats, prompt), documents, known)
     results = ctx.layout.results
