@@ -126,27 +126,34 @@ def build_experiment_defs(experiment: ExperimentLayout) -> ExperimentDefs:
     def ctx_for(session_id: str) -> SessionContext:
         return SessionContext.load(experiment.session(session_id))
 
-    @dg.asset(key=[*prefix, "documents"], group_name=group, partitions_def=documents_parts,
-              backfill_policy=dg.BackfillPolicy.single_run(), kinds={"python"},
-              description="A corpus document: path, size and sha256 as the session recorded them.")
-    def documents(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    documents_key = dg.AssetKey([*prefix, "documents"])
+
+    @dg.multi_asset(
+        name=f"{group}__documents", group_name=group, partitions_def=documents_parts,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        specs=[dg.AssetSpec(documents_key, skippable=True, kinds={"python"},
+                            description="A corpus document: path, size and sha256 as the session "
+                                        "recorded them.")])
+    def documents(context: dg.AssetExecutionContext) -> Iterator[dg.MaterializeResult]:
+        """Every document is checked first (a changed or missing file fails the run before anything
+        is recorded); then each partition's materialization carries its path, sha256 and size."""
         session_id = context.run.tags.get(SESSION_TAG)
         sessions = [ctx_for(session_id)] if session_id else [SessionContext.load(s) for s in
                                                                reversed(experiment.sessions())]
-        observe_each = len(context.partition_keys) <= observe_documents_max()
-        seen = 0
+        entries = []
         for document_id in context.partition_keys:
             ctx = next((c for c in sessions if c.manifest.has_document(document_id)), None)
             if ctx is None:
                 raise dg.Failure(f"document {document_id} is in no session of {experiment.name}")
             entry = ctx.manifest.document(document_id)
             ctx.check_document(entry)  # refuses a changed or missing file
-            if observe_each:
-                context.log_event(dg.AssetObservation(
-                    asset_key=context.asset_key, partition=document_id,
-                    metadata={"path": entry.path, "sha256": entry.sha256, "words": entry.n_words}))
-            seen += 1
-        return dg.MaterializeResult(metadata={"documents": seen})
+            entries.append(entry)
+        for entry in entries:
+            context.log_event(dg.AssetMaterialization(
+                asset_key=documents_key, partition=entry.id,
+                metadata={"path": entry.path, "sha256": entry.sha256, "words": entry.n_words}))
+        context.log.info(f"{len(entries)} documents checked against their recorded sha256")
+        yield from ()
 
     analysis_key = dg.AssetKey([*prefix, "analysis"])
     extraction_key = dg.AssetKey([*prefix, "extraction"])
@@ -156,7 +163,7 @@ def build_experiment_defs(experiment: ExperimentLayout) -> ExperimentDefs:
         backfill_policy=dg.BackfillPolicy.single_run(),
         specs=[
             dg.AssetSpec(analysis_key, skippable=True, kinds={"litellm"},
-                         deps=[dg.AssetDep(documents, partition_mapping=doc_from_multi)],
+                         deps=[dg.AssetDep(documents_key, partition_mapping=doc_from_multi)],
                          description="One LLM call per document x model x run through the proxy; raw "
                                      "answers are archived in llm_archive/ before anything reads them."),
             dg.AssetSpec(extraction_key, skippable=True, kinds={"json"}, deps=[analysis_key],
@@ -167,29 +174,25 @@ def build_experiment_defs(experiment: ExperimentLayout) -> ExperimentDefs:
         ])
     def per_document(context: dg.AssetExecutionContext, llm: LLMGateway) -> Iterator[dg.MaterializeResult]:
         """Analysis and extraction pipelined in one step: each answer is extracted, and its row added
-        to results/scores.csv, as soon as it is archived. Either can be materialized alone (a
-        re-extraction reads the archive and pays for nothing)."""
+        to results/scores.csv, as soon as it is archived; each document's partitions are recorded
+        as materialized the moment its last call is, so the UI's partition status follows the
+        session live. Either asset can be materialized alone (a re-extraction reads the archive
+        and pays for nothing)."""
         report = _reporter(context)
         selected = context.selected_asset_keys
         do_analysis, do_extraction = analysis_key in selected, extraction_key in selected
         by_session = split_keys(list(context.partition_keys))
-        observe_each = sum(len(d) for d in by_session.values()) <= observe_documents_max()
+        detailed = sum(len(d) for d in by_session.values()) <= observe_documents_max()
         totals = {"calls": 0, "sent": 0, "from_archive": 0, "failed": 0, "cost_usd": 0.0}
         valid = invalid = 0
         paths: dict[str, int] = defaultdict(int)
-        provider_versions: dict[str, dict[str, int]] = {}
         for session_id, document_ids in by_session.items():
             ctx = ctx_for(session_id)
             extractor = extraction_step.Extractor(ctx, llm, document_ids, report) if do_extraction else None
 
-            def observe(document_id: str, outcomes: list[analysis_step.CallOutcome], scores_md: str,
-                        session_id: str = session_id) -> None:
-                # Logged as each document's last call lands, so the UI shows scores mid-run; above
-                # observe_documents_max() documents a run logs none (one event per document costs
-                # more than the call: bench/README.md), and session.log and `mva watch` show them.
-                if not observe_each:
-                    return
-                records = [o.record for o in outcomes if o.record is not None]
+            def analysed(document_id: str, outcomes: list[analysis_step.CallOutcome], scores_md: str,
+                         session_id: str = session_id) -> None:
+                partition = f"{document_id}|{session_id}"
                 metadata: dict[str, Any] = {
                     "calls": len(outcomes),
                     "answered": sum(1 for o in outcomes if o.answered),
@@ -197,51 +200,51 @@ def build_experiment_defs(experiment: ExperimentLayout) -> ExperimentDefs:
                     "failed": [f"{o.model} run {o.replicate}: {o.error_class}" for o in outcomes
                                if not o.answered],
                     "cost_usd": round(sum(o.paid_usd for o in outcomes), 6),
-                    "models": sorted({o.model for o in outcomes}),
-                    "scores": dg.MetadataValue.md(scores_md)}
-                if records:
-                    metadata["records"] = dg.MetadataValue.md(_record_lines(records))
-                context.log_event(dg.AssetObservation(
-                    asset_key=analysis_key, partition=f"{document_id}|{session_id}", metadata=metadata))
+                    "models": sorted({o.model for o in outcomes})}
+                if detailed:  # the full score tables, for runs small enough to afford them
+                    metadata["scores"] = dg.MetadataValue.md(scores_md)
+                context.log_event(dg.AssetMaterialization(asset_key=analysis_key, partition=partition,
+                                                          metadata=metadata))
+                records = [o.record for o in outcomes if o.record is not None]
+                if do_extraction:
+                    extracted(document_id, records, session_id)
 
-            def observe_records(document_id: str, records: list[ExtractedRecord],
-                                session_id: str = session_id) -> None:
-                if observe_each:
-                    context.log_event(dg.AssetObservation(
-                        asset_key=extraction_key, partition=f"{document_id}|{session_id}",
-                        metadata={"records": dg.MetadataValue.md(_record_lines(records))}))
+            def extracted(document_id: str, records: list[ExtractedRecord], session_id: str = session_id) -> None:
+                metadata: dict[str, Any] = {"records": len(records),
+                                            "valid": sum(1 for r in records if r.valid),
+                                            "paths": sorted({r.extraction_path for r in records})}
+                if detailed:
+                    metadata["detail"] = dg.MetadataValue.md(_record_lines(records))
+                context.log_event(dg.AssetMaterialization(
+                    asset_key=extraction_key, partition=f"{document_id}|{session_id}", metadata=metadata))
 
             if do_analysis:
-                summary = analysis_step.run_analysis(ctx, llm, document_ids, report, on_document=observe,
+                summary = analysis_step.run_analysis(ctx, llm, document_ids, report, on_document=analysed,
                                                      extractor=extractor)
-                provider_versions.update(observed_provider_versions(ctx.layout))
                 totals["calls"] += len(summary.outcomes)
                 totals["sent"] += summary.sent
                 totals["from_archive"] += summary.from_archive
                 totals["failed"] += len(summary.failed)
                 totals["cost_usd"] += summary.cost_usd
-                extracted = extractor.completed() if extractor is not None else None
+                done = extractor.completed() if extractor is not None else None
             else:
-                extracted = extraction_step.run_extraction(ctx, document_ids, llm, report,
-                                                           on_document=observe_records)
-            if extracted is not None:
-                for path, count in extracted.by_path().items():
+                done = extraction_step.run_extraction(ctx, document_ids, llm, report, on_document=extracted)
+            if do_analysis:
+                # The model ids the providers returned (from the proxy ledger), not the aliases asked for.
+                context.log.info(f"analysis of {session_id}: {totals} provider versions "
+                                 f"{observed_provider_versions(ctx.layout)}")
+            if done is not None:
+                for path, count in done.by_path().items():
                     paths[path] += count
-                valid += extracted.valid
-                invalid += extracted.invalid
-                report(f"[extraction] {session_id}: {extracted.valid} valid, {extracted.invalid} invalid "
-                       f"of {extracted.records} records")
-                for line in extracted.invalid_examples[:5]:
+                valid += done.valid
+                invalid += done.invalid
+                report(f"[extraction] {session_id}: {done.valid} valid, {done.invalid} invalid "
+                       f"of {done.records} records")
+                for line in done.invalid_examples[:5]:
                     report(f"  invalid: {line}")
-        if do_analysis:
-            totals["cost_usd"] = round(float(totals["cost_usd"]), 6)
-            # The model ids the providers returned (from the proxy ledger), not the aliases asked for.
-            yield dg.MaterializeResult(asset_key=analysis_key,
-                                       metadata={**totals, "provider_versions": provider_versions})
         if do_extraction:
-            yield dg.MaterializeResult(asset_key=extraction_key, metadata={
-                "valid": valid, "invalid": invalid, "by_path": dict(paths),
-                "pipelined": do_analysis})
+            context.log.info(f"extraction: {valid} valid, {invalid} invalid, by path {dict(paths)}")
+        yield from ()
 
     @dg.asset(key=[*prefix, "scores"], group_name=group, partitions_def=sessions_parts,
               deps=[dg.AssetDep(extraction_key, partition_mapping=per_session_from_doc)], kinds={"duckdb"},

@@ -32,12 +32,12 @@ PLANNED_SUBSET_ENV = "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"
 
 
 @contextmanager
-def _planned_events(extra_tags: dict[str, str], segments: list[list[str]]) -> Iterator[None]:
-    """One 'materialization planned' event per asset for a run over many partitions, not one per
+def _planned_events(documents: int) -> Iterator[None]:
+    """One 'materialization planned' event per asset for runs over many partitions, not one per
     partition: those events cost more CPU than the calls (bench/README.md). Dagster then shows a
-    failed run's partitions as missing rather than failed; `mva status` has the detail."""
-    many = RANGE_START in extra_tags and sum(len(s) for s in segments) > observe_documents_max()
-    if not many or os.environ.get(PLANNED_SUBSET_ENV) is not None:
+    failed run's partitions as missing rather than failed; `mva status` has the detail. Set for
+    the whole session (its runs may overlap), never over an operator's own setting."""
+    if documents <= observe_documents_max() or os.environ.get(PLANNED_SUBSET_ENV) is not None:
         yield
         return
     os.environ[PLANNED_SUBSET_ENV] = "true"
@@ -124,10 +124,9 @@ def run_session(layout: SessionLayout, bundle: ExperimentDefs, definitions: dg.D
 
     def run(job_name: str, job: dg.JobDefinition, selection: list[dg.AssetKey] | None,
             extra_tags: dict[str, str], partition_key: str | None) -> None:
-        with _planned_events(extra_tags, segments):
-            outcome = job.execute_in_process(instance=instance, tags={**tags, **extra_tags},
-                                             partition_key=partition_key, run_config=QUIET,
-                                             raise_on_error=False, asset_selection=selection)
+        outcome = job.execute_in_process(instance=instance, tags={**tags, **extra_tags},
+                                         partition_key=partition_key, run_config=QUIET,
+                                         raise_on_error=False, asset_selection=selection)
         result.run_ids.append(outcome.run_id)
         chronolog.append("DAGSTER_RUN_FINISHED", {"job": job_name, "run_id": outcome.run_id,
                                                   "success": outcome.success})
@@ -140,21 +139,31 @@ def run_session(layout: SessionLayout, bundle: ExperimentDefs, definitions: dg.D
                                hint=f"nothing paid is lost: answers are in {layout.llm_archive}; "
                                     f"fix the cause and run `mva resume {layout.root}`")
 
-    try:
-        if "documents" in steps:
-            for seg in segments:
-                execute(bundle.documents_job, {RANGE_START: seg[0], RANGE_END: seg[-1]})
-        if "per_document" in steps:
-            for seg in segments:
-                execute(bundle.per_document_job, {RANGE_START: f"{seg[0]}|{session_id}",
-                                                  RANGE_END: f"{seg[-1]}|{session_id}"})
-        if "session" in steps:
-            crash_point("runner.before_session_job")
-            execute(bundle.session_job, {}, partition_key=session_id)
-    except BaseException:
-        if load_manifest(layout).status == "running":
-            set_status(layout, "interrupted")
-        raise
+    def documents_runs() -> None:
+        for seg in segments:
+            execute(bundle.documents_job, {RANGE_START: seg[0], RANGE_END: seg[-1]})
+
+    def per_document_runs() -> None:
+        for seg in segments:
+            execute(bundle.per_document_job, {RANGE_START: f"{seg[0]}|{session_id}",
+                                              RANGE_END: f"{seg[-1]}|{session_id}"})
+
+    with _planned_events(sum(len(seg) for seg in segments)):
+        try:
+            # Documents first, then the calls. Running the documents run alongside them (it costs
+            # ~18 s per 1,000 documents, bench/README.md) deadlocked: two in-process Dagster runs
+            # on threads reconfigure Python logging under each other's locks.
+            if "documents" in steps:
+                documents_runs()
+            if "per_document" in steps:
+                per_document_runs()
+            if "session" in steps:
+                crash_point("runner.before_session_job")
+                execute(bundle.session_job, {}, partition_key=session_id)
+        except BaseException:
+            if load_manifest(layout).status == "running":
+                set_status(layout, "interrupted")
+            raise
     set_status(layout, "completed")
     chronolog.append("SESSION_COMPLETED", {"runs": result.run_ids})
     return result

@@ -80,16 +80,17 @@ def _wait_for(what: str, condition: Callable[[], Any], run: _Run, limit_s: float
 
 
 def _observations(instance: dg.DagsterInstance, experiment: str, session_id: str) -> dict[str, str]:
-    """document -> the Markdown 'scores' of its analysis observation, as Dagster stored it."""
-    records = instance.fetch_observations(dg.AssetKey(["OBS", experiment, "analysis"]), limit=100).records
+    """document -> the Markdown 'scores' of its analysis materialization, as Dagster stored it
+    (recorded the moment the document's last call lands, while the run goes on)."""
+    records = instance.fetch_materializations(dg.AssetKey(["OBS", experiment, "analysis"]), limit=100).records
     found = {}
     for record in records:
-        observation = record.asset_observation
-        if observation is None or not str(observation.partition or "").endswith(f"|{session_id}"):
+        materialization = record.asset_materialization
+        if materialization is None or not str(materialization.partition or "").endswith(f"|{session_id}"):
             continue
-        scores = observation.metadata.get("scores")
+        scores = materialization.metadata.get("scores")
         if scores is not None:
-            found[str(observation.partition).split("|")[0]] = str(scores.value)
+            found[str(materialization.partition).split("|")[0]] = str(scores.value)
     return found
 
 

@@ -95,10 +95,10 @@ def test_the_ui_shows_graph_partitions_scores_and_checks(finished: SessionLayout
                if session in r["secondaryDim"]["materializedPartitions"]]
     assert covered == [(DOCS[0], DOCS[-1])]
 
-    observations = graphql("""query($k: AssetKeyInput!, $p: [String!]) { assetOrError(assetKey: $k) { ... on Asset {
-        assetObservations(partitions: $p) { partition metadataEntries { label ... on MarkdownMetadataEntry { mdStr } } }
+    materialized = graphql("""query($k: AssetKeyInput!, $p: [String!]) { assetOrError(assetKey: $k) { ... on Asset {
+        assetMaterializations(partitions: $p) { partition metadataEntries { label ... on MarkdownMetadataEntry { mdStr } } }
         } } }""", k={"path": ["OBS", "watched", "analysis"]}, p=[f"{DOCS[1]}|{session}"])["assetOrError"]
-    markdown = next(e["mdStr"] for o in observations["assetObservations"] for e in o["metadataEntries"]
+    markdown = next(e["mdStr"] for o in materialized["assetMaterializations"] for e in o["metadataEntries"]
                     if e["label"] == "scores")
     record = json.loads(next(finished.extracted.glob(f"{DOCS[1]}__*.json")).read_text())
     assert markdown.startswith(f"### {DOCS[1]}") and "| dimension | score | confidence | evidence |" in markdown
