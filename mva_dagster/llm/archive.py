@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,10 +221,17 @@ class SessionArchive:
 
     # -------------------------------------------------------------- reading
 
-    def entries(self) -> list[ArchiveEntry]:
+    def iter_entries(self) -> Iterator[ArchiveEntry]:
+        """Every entry, one at a time in file-name order: each holds its whole request (the
+        document's text included), so a 10,000-document session's list would be hundreds of MB."""
         if not self.root.is_dir():
-            return []
-        return [read_entry(p) for p in sorted(self.root.glob("*.json")) if not p.name.startswith(".")]
+            return
+        for path in sorted(self.root.glob("*.json")):
+            if not path.name.startswith("."):
+                yield read_entry(path)
+
+    def entries(self) -> list[ArchiveEntry]:
+        return list(self.iter_entries())
 
     def find(self, document_id: str, model: str, replicate: int) -> ArchiveEntry | None:
         """The archived call for (document, model, replicate), whatever its key."""
@@ -236,7 +244,7 @@ class SessionArchive:
 
     def keys(self) -> set[str]:
         """The request key of every archived answer (crash tests compare the provider's ledger to it)."""
-        return {entry.answer.request_key for entry in self.entries()}
+        return {entry.answer.request_key for entry in self.iter_entries()}
 
     # -------------------------------------------------------------- integrity
 

@@ -130,7 +130,7 @@ def session_budget(ctx: SessionContext) -> float | None:
 
 
 def cost_within_budget(ctx: SessionContext) -> CheckOutcome:
-    spent = sum(float(a.cost_usd or 0.0) for e in SessionArchive(ctx.layout).entries() for a in paid_answers(e))
+    spent = sum(float(a.cost_usd or 0.0) for e in SessionArchive(ctx.layout).iter_entries() for a in paid_answers(e))
     budget = session_budget(ctx)
     if budget is None:
         return CheckOutcome(True, "ERROR", f"no budget set; the session cost ${spent:.6f}", [],
@@ -166,7 +166,7 @@ def provider_versions(ctx: SessionContext) -> CheckOutcome:
                    for alias, versions in drift.items()]
         return CheckOutcome(False, "WARN", f"the provider changed model mid-session for {', '.join(drift)}",
                             details, {"provider_versions": ", ".join(seen)})
-    if not seen and any(paid_answers(e) for e in SessionArchive(ctx.layout).entries()):
+    if not seen and any(paid_answers(e) for e in SessionArchive(ctx.layout).iter_entries()):
         return CheckOutcome(False, "WARN", "the provider versions are unknown: no proxy ledger lines were "
                             "copied into logs/ (see docs/runbook.md, ledger_missing)", [], {"provider_versions": ""})
     return CheckOutcome(True, "WARN", f"one provider version per model: {', '.join(seen) or 'no calls'}", [],

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pandas as pd
 
 from mva_dagster.fsutil import atomic_write_text
-from mva_dagster.llm.archive import ArchiveEntry, read_entry
+from mva_dagster.llm.archive import SessionArchive
 from mva_dagster.records import ExtractedRecord
 from mva_dagster.steps.context import SessionContext
 
@@ -86,23 +85,9 @@ class _Usage:
     synthesis_cost: float = 0.0
 
 
-def _archive_entries(ctx: SessionContext) -> Iterator[ArchiveEntry]:
-    """The session's archive entries one at a time (as ``SessionArchive.entries``, not all at once).
-
-    Each entry holds its whole request, the document's text included: 20,000 of them in one list
-    were hundreds of MB at 10,000 documents, for a few sums.
-    """
-    root = ctx.layout.llm_archive
-    if not root.is_dir():
-        return
-    for path in sorted(root.glob("*.json")):
-        if not path.name.startswith("."):
-            yield read_entry(path)
-
-
 def _usage(ctx: SessionContext) -> tuple[_Usage, list[str]]:
     usage, provider_models = _Usage(), set()
-    for entry in _archive_entries(ctx):
+    for entry in SessionArchive(ctx.layout).iter_entries():  # one at a time: entries are large
         if entry.request.purpose == "synthesis":
             usage.synthesis_cost += entry.answer.cost_usd or 0.0
             continue
