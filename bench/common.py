@@ -279,8 +279,8 @@ def subset_corpus(source: Path, target: Path, docs: int) -> Path:
     return target
 
 
-def write_experiment(home: BenchHome, name: str, *, corpus: Path, model: str) -> Path:
-    """An experiment on the demo framework: one model, one run per document, a t-test by party."""
+def write_experiment(home: BenchHome, name: str, *, corpus: Path, model: str, runs: int = 1) -> Path:
+    """An experiment on the demo framework: one model, ``runs`` runs per document, a t-test by party."""
     folder = home.experiment_dir(name)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "experiment.md"
@@ -290,7 +290,7 @@ def write_experiment(home: BenchHome, name: str, *, corpus: Path, model: str) ->
         f"framework_file: {DEMO_FRAMEWORK}\n"
         f"corpus: {corpus}\n"
         f"models: [{model}]\n"
-        "runs_per_model: 1\n"
+        f"runs_per_model: {runs}\n"
         "hypotheses:\n  H1: 'Parties differ in descriptive cohesion.'\n"
         "statistical_plan:\n"
         "  - test:\n"

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
-from bench.common import DEMO_FRAMEWORK, REPO, Caps, say
+from bench.common import REPO, Caps, say
 
 MODEL = common.OVERHEAD  # uncapped rpm: kills, not rate limits, decide the timing
 MVA = [sys.executable, "-m", "mva_dagster.cli.main"]
@@ -66,24 +66,8 @@ class SessionOutcome:
 
 
 def write_experiment(home: common.BenchHome, name: str, corpus: Path, runs: int) -> Path:
-    folder = home.experiment_dir(name)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "experiment.md").write_text(
-        "---\n"
-        f"name: {name}\n"
-        f"framework_file: {DEMO_FRAMEWORK}\n"
-        f"corpus: {corpus}\n"
-        f"models: [{MODEL}]\n"
-        f"runs_per_model: {runs}\n"
-        "hypotheses:\n  H1: 'Parties differ in descriptive cohesion.'\n"
-        "statistical_plan:\n"
-        "  - test:\n"
-        "      name: Descriptive cohesion by party\n"
-        "      hypothesis_ref: H1\n"
-        "      method: t-test\n"
-        "      params: {data_source: descriptive_cohesion_index, grouping_variable: party}\n"
-        "---\n\n# Crash benchmark experiment\n", encoding="utf-8")
-    return folder
+    """The crash experiment's folder: the benchmarks' experiment with ``runs`` runs per document."""
+    return common.write_experiment(home, name, corpus=corpus, model=MODEL, runs=runs).parent
 
 
 def sessions_of(home: common.BenchHome, name: str) -> set[Path]:
